@@ -1,0 +1,241 @@
+"""Pure-PyTorch reference of every op: readable, fp32, the ground truth for the tests.
+
+Trees follow the conventions of ``ops.py``: a ragged batch of parent arrays in CSR form
+(``tree_indptr [B+1]``), local node 0 of each request is the root (parent -1), parents come
+before their children, and a tree holds at most 64 nodes so an ancestor set is one int64 row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_TREE_NODES = 64
+
+ATTN_FULL = 0
+ATTN_PREFIX_ONLY = 1
+ATTN_TREE_ONLY = 2
+
+
+def _to_int64_bits(row: int) -> int:
+    """Map an unsigned 64-bit pattern onto the int64 with the same bits."""
+    return row - (1 << 64) if row >= (1 << 63) else row
+
+
+def build_tree(
+    parents: torch.Tensor,
+    tree_indptr: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    max_depth: int,
+    max_leaves: int,
+):
+    """Reference of ``ops.build_tree``.
+
+    Args:
+        parents: int32 [N], local parent of each node, -1 for the root.
+        tree_indptr: int32 [B+1], request b owns nodes ``[indptr[b], indptr[b+1])``.
+        prefix_lens: int32 [B], committed tokens before the root.
+        max_depth: the deepest depth allowed (root is depth 0).
+        max_leaves: the most leaves a request may have.
+
+    Returns:
+        mask_bits int64 [N] (bit j of row i: local node j is i itself or an ancestor of i),
+        depth int32 [N], positions int64 [N] (``prefix_len + depth``),
+        first_child int32 [N], next_sibling int32 [N] (local ids, -1 for none),
+        leaf_paths int32 [B, max_leaves, max_depth+1] (root-to-leaf local ids, leaves in index
+        order, -1 padded), num_leaves int32 [B].
+    """
+    parents_l = parents.tolist()
+    indptr = tree_indptr.tolist()
+    prefix = prefix_lens.tolist()
+    n = len(parents_l)
+    batch = len(indptr) - 1
+    mask_bits = [0] * n
+    depth = [0] * n
+    positions = [0] * n
+    first_child = [-1] * n
+    next_sibling = [-1] * n
+    leaf_paths = torch.full((batch, max_leaves, max_depth + 1), -1, dtype=torch.int32)
+    num_leaves = [0] * batch
+    for b in range(batch):
+        start, end = indptr[b], indptr[b + 1]
+        size = end - start
+        rows = [0] * size
+        for i in range(size):
+            p = parents_l[start + i]
+            rows[i] = (1 << i) | (rows[p] if i > 0 else 0)
+            depth[start + i] = depth[start + p] + 1 if i > 0 else 0
+            positions[start + i] = prefix[b] + depth[start + i]
+            mask_bits[start + i] = _to_int64_bits(rows[i])
+        for i in range(size - 1, 0, -1):
+            p = parents_l[start + i]
+            next_sibling[start + i] = first_child[start + p]
+            first_child[start + p] = i
+        leaves = [i for i in range(size) if first_child[start + i] == -1]
+        num_leaves[b] = len(leaves)
+        for slot, leaf in enumerate(leaves[:max_leaves]):
+            path = [i for i in range(size) if (rows[leaf] >> i) & 1]
+            leaf_paths[b, slot, : len(path)] = torch.tensor(path, dtype=torch.int32)
+    return (
+        torch.tensor(mask_bits, dtype=torch.int64),
+        torch.tensor(depth, dtype=torch.int32),
+        torch.tensor(positions, dtype=torch.int64),
+        torch.tensor(first_child, dtype=torch.int32),
+        torch.tensor(next_sibling, dtype=torch.int32),
+        leaf_paths,
+        torch.tensor(num_leaves, dtype=torch.int32),
+    )
+
+
+def kv_compact(
+    kv_cache: torch.Tensor,
+    accept_local: torch.Tensor,
+    accept_len: torch.Tensor,
+    prefix_lens: torch.Tensor,
+):
+    """Reference of ``ops.kv_compact`` (functional: returns a new cache).
+
+    Args:
+        kv_cache: [L, 2, B, S_max, Hkv, D]; the tree of request b sits at rows
+            ``prefix_lens[b] + local id``.
+        accept_local: int32 [B, P], accepted path as local ids, root (0) first, -1 padded.
+        accept_len: int32 [B], accepted drafts (the path holds ``accept_len + 1`` nodes).
+        prefix_lens: int32 [B].
+
+    Returns:
+        (new_cache [L, 2, B, S_max, Hkv, D], seq_lens int32 [B] = prefix + accept_len + 1).
+    """
+    out = kv_cache.clone()
+    for b in range(kv_cache.shape[2]):
+        base = int(prefix_lens[b])
+        keep = int(accept_len[b]) + 1
+        src = [base + int(accept_local[b, i]) for i in range(keep)]
+        out[:, :, b, base : base + keep] = kv_cache[:, :, b, src]
+    return out, (prefix_lens + accept_len + 1).to(torch.int32)
+
+
+def verify_greedy(
+    candidates: torch.Tensor,
+    target_argmax: torch.Tensor,
+    first_child: torch.Tensor,
+    next_sibling: torch.Tensor,
+    tree_indptr: torch.Tensor,
+    max_depth: int,
+):
+    """Reference of ``ops.verify_greedy``.
+
+    From the root, repeatedly accept the lowest-index child whose token equals the target's
+    argmax after the current node; stop when none matches or ``max_depth`` drafts are accepted.
+
+    Args:
+        candidates: int64 [N], the token at each node (the root's is ignored).
+        target_argmax: int64 [N], the target's greedy token after each node.
+        first_child, next_sibling: int32 [N] from ``build_tree``.
+        tree_indptr: int32 [B+1].
+        max_depth: the most drafts one request can accept.
+
+    Returns:
+        accept_local int32 [B, max_depth+1] (root first, -1 padded), accept_len int32 [B]
+        (accepted drafts), out_tokens int64 [B, max_depth+1] (accepted drafts then the bonus
+        token, -1 padded).
+    """
+    batch = tree_indptr.numel() - 1
+    width = max_depth + 1
+    accept_local = torch.full((batch, width), -1, dtype=torch.int32)
+    accept_len = torch.zeros(batch, dtype=torch.int32)
+    out_tokens = torch.full((batch, width), -1, dtype=torch.int64)
+    for b in range(batch):
+        start = int(tree_indptr[b])
+        node = 0
+        accept_local[b, 0] = 0
+        n_acc = 0
+        while n_acc < max_depth:
+            want = int(target_argmax[start + node])
+            child = int(first_child[start + node])
+            while child != -1 and int(candidates[start + child]) != want:
+                child = int(next_sibling[start + child])
+            if child == -1:
+                break
+            out_tokens[b, n_acc] = want
+            n_acc += 1
+            accept_local[b, n_acc] = child
+            node = child
+        out_tokens[b, n_acc] = target_argmax[start + node]
+        accept_len[b] = n_acc
+    return accept_local, accept_len, out_tokens
+
+
+def tree_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    layer: int,
+    prefix_lens: torch.Tensor,
+    tree_indptr: torch.Tensor,
+    mask_bits: torch.Tensor,
+    scale: float,
+    mode: int = ATTN_FULL,
+):
+    """Reference of ``ops.tree_attention``.
+
+    Args:
+        q: [N, H, D], the queries of the tree nodes of all requests.
+        kv_cache: [L, 2, B, S_max, Hkv, D]; node i of request b has its K/V at row
+            ``prefix_lens[b] + i`` of layer ``layer``.
+        layer: which layer of the cache to read.
+        prefix_lens: int32 [B].
+        tree_indptr: int32 [B+1].
+        mask_bits: int64 [N], ancestor bit rows from ``build_tree``.
+        scale: softmax scale (usually ``D ** -0.5``).
+        mode: ATTN_FULL (prefix + tree), ATTN_PREFIX_ONLY or ATTN_TREE_ONLY.
+
+    Returns:
+        out [N, H, D] in q's dtype (zeros for a row that sees no key), lse float32 [N, H]
+        (natural log of the softmax denominator, -inf for a row that sees no key).
+    """
+    n, heads, dim = q.shape
+    hkv = kv_cache.shape[4]
+    group = heads // hkv
+    out = torch.zeros(n, heads, dim, dtype=torch.float32)
+    lse = torch.full((n, heads), float("-inf"), dtype=torch.float32)
+    k_all = kv_cache[layer, 0].float()
+    v_all = kv_cache[layer, 1].float()
+    for b in range(tree_indptr.numel() - 1):
+        start, end = int(tree_indptr[b]), int(tree_indptr[b + 1])
+        prefix = int(prefix_lens[b])
+        size = end - start
+        k = k_all[b, : prefix + size].repeat_interleave(group, dim=1)  # [S, H, D]
+        v = v_all[b, : prefix + size].repeat_interleave(group, dim=1)
+        for i in range(size):
+            bits = int(mask_bits[start + i]) & ((1 << 64) - 1)
+            visible = torch.zeros(prefix + size, dtype=torch.bool)
+            if mode != ATTN_TREE_ONLY:
+                visible[:prefix] = True
+            if mode != ATTN_PREFIX_ONLY:
+                for j in range(size):
+                    visible[prefix + j] = bool((bits >> j) & 1)
+            if not visible.any():
+                continue
+            scores = torch.einsum("hd,shd->hs", q[start + i].float(), k) * scale
+            scores = scores.masked_fill(~visible, float("-inf"))
+            row_lse = torch.logsumexp(scores, dim=-1)
+            out[start + i] = torch.einsum("hs,shd->hd", torch.exp(scores - row_lse[:, None]), v)
+            lse[start + i] = row_lse
+    return out.to(q.dtype), lse
+
+
+def merge_attn_states(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+):
+    """Reference of ``ops.merge_attn_states``: combine two partial attentions over disjoint keys.
+
+    Args:
+        out_a, out_b: [N, H, D]; lse_a, lse_b: float32 [N, H], natural log, -inf when empty.
+
+    Returns:
+        out [N, H, D] in out_a's dtype, lse float32 [N, H]. Both empty gives 0 and -inf.
+    """
+    lse = torch.logaddexp(lse_a, lse_b)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    wa = torch.exp(lse_a - safe).nan_to_num(0.0)[..., None]
+    wb = torch.exp(lse_b - safe).nan_to_num(0.0)[..., None]
+    out = wa * out_a.float() + wb * out_b.float()
+    return out.to(out_a.dtype), lse
