@@ -239,3 +239,12 @@ def merge_attn_states(
     wb = torch.exp(lse_b - safe).nan_to_num(0.0)[..., None]
     out = wa * out_a.float() + wb * out_b.float()
     return out.to(out_a.dtype), lse
+
+
+# verify_sampling
+
+
+# ldlp_mlp
+
+
+# linear

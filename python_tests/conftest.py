@@ -1,0 +1,52 @@
+"""Shared fixtures: the device list (CUDA cases skip without a GPU) and random trees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import adaeagle_ext
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not (torch.cuda.is_available() and adaeagle_ext.extension_available()
+                 and adaeagle_ext.build_info()["cuda"]),
+            reason="needs a GPU and an extension built with CUDA",
+        ),
+    ),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+def random_parents(gen: torch.Generator, size: int, bushiness: float = 0.5) -> list[int]:
+    """A random tree of `size` nodes in topological order: each node hangs under a random
+    earlier node, biased towards recent ones when bushiness is low (chains)."""
+    parents = [-1]
+    for i in range(1, size):
+        if torch.rand((), generator=gen).item() < bushiness:
+            parents.append(int(torch.randint(0, i, (), generator=gen)))
+        else:
+            parents.append(i - 1)
+    return parents
+
+
+def random_batch(gen: torch.Generator, batch: int, max_size: int = 64, bushiness: float = 0.5):
+    """A ragged batch: (parents int32 [N], tree_indptr int32 [B+1], prefix_lens int32 [B])."""
+    sizes = torch.randint(1, max_size + 1, (batch,), generator=gen).tolist()
+    parents = [p for s in sizes for p in random_parents(gen, s, bushiness)]
+    indptr = [0]
+    for s in sizes:
+        indptr.append(indptr[-1] + s)
+    prefix = torch.randint(0, 300, (batch,), generator=gen, dtype=torch.int32)
+    return (
+        torch.tensor(parents, dtype=torch.int32),
+        torch.tensor(indptr, dtype=torch.int32),
+        prefix,
+    )
