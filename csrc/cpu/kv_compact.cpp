@@ -13,7 +13,7 @@ namespace adaeagle::cpu {
 namespace {
 
 // Below this many bytes per task, threads cost more than they save.
-constexpr int64_t kMinBytesPerTask = 64 * 1024;
+constexpr int64_t kMinBytesPerTask = 256 * 1024;
 
 std::string describe(KvCompactStatus status, int64_t request, int where, const int32_t* path,
                      int32_t accept_len, int32_t prefix, int64_t width, int64_t s_max) {
