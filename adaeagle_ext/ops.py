@@ -118,7 +118,7 @@ def kv_compact(
         accept_len: int32 [B], accepted drafts, in [0, P - 1].
         prefix_lens: int32 [B], committed tokens before each root.
         out: optional preallocated int32 [B] for the new lengths (the hot path); it must not
-            share memory with ``prefix_lens`` or ``accept_len``.
+            share memory with the index inputs.
         validate: on CUDA, check the paths on the host first (one sync). The CPU kernel always
             checks, before moving anything: ``accept_len`` out of range, a path that does not
             start at 0 or is not strictly increasing, a negative prefix, or a row at or past

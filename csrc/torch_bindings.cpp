@@ -200,11 +200,12 @@ void check_kv_compact(const at::Tensor& kv_cache, const at::Tensor& accept_local
   check_size(prefix_lens, op, "prefix_lens", 0, batch);
   check_tensor(seq_lens, op, "seq_lens", at::kInt, 1, dev);
   check_size(seq_lens, op, "seq_lens", 0, batch);
-  for (const auto* input : {&accept_len, &prefix_lens}) {
+  for (const auto* input : {&accept_local, &accept_len, &prefix_lens}) {
     const auto overlap = at::get_overlap_status(seq_lens, *input);
     TORCH_CHECK(overlap != at::MemOverlapStatus::Full &&
                     overlap != at::MemOverlapStatus::Partial,
-                op, ": seq_lens must not share memory with accept_len or prefix_lens");
+                op, ": seq_lens must not share memory with accept_local, accept_len or ",
+                "prefix_lens");
   }
 }
 

@@ -141,6 +141,13 @@ def test_strided_view_of_larger_buffer(device, dtype):
     assert same_bits(got.cpu(), expected)  # outside the view too
 
 
+def test_empty_batch(device):
+    cache = torch.zeros(2, 2, 0, 8, 1, 4, device=device)
+    empty = torch.zeros(0, dtype=torch.int32, device=device)
+    seq_lens = ops.kv_compact(cache, empty.reshape(0, 3), empty, empty)
+    assert seq_lens.shape == (0,)
+
+
 def test_validate_flag_reports_bad_paths(device):
     cache = torch.zeros(1, 2, 1, 8, 1, 4, device=device)
     with pytest.raises(RuntimeError, match="must be greater than accept_local"):

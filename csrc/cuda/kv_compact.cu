@@ -48,7 +48,7 @@ cudaError_t launch_words(void* cache, int64_t num_layers, int64_t batch, int64_t
                          int width, const int32_t* accept_len, const int32_t* prefix_lens,
                          int32_t* seq_lens, cudaStream_t stream) {
   const int64_t row_words = row_bytes / static_cast<int64_t>(sizeof(Word));
-  const int64_t warps = (row_words + 31) / 32;
+  const int64_t warps = row_words > 32 ? (row_words + 31) / 32 : 1;
   const int threads = static_cast<int>(warps * 32 < kMaxThreads ? warps * 32 : kMaxThreads);
   const dim3 grid(static_cast<unsigned>(batch), static_cast<unsigned>(num_layers * 2));
   kv_compact_kernel<Word><<<grid, threads, 0, stream>>>(
