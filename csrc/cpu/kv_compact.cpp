@@ -81,7 +81,9 @@ void kv_compact(void* cache, int64_t num_layers, int64_t batch, int64_t s_max,
       }
     });
   }
-  for (int64_t b = 0; b < batch; ++b) seq_lens[b] = kv_compact_new_len(prefix_lens[b], accept_len[b]);
+  for (int64_t b = 0; b < batch; ++b) {
+    seq_lens[b] = kv_compact_new_len(prefix_lens[b], accept_len[b]);
+  }
 }
 
 }  // namespace adaeagle::cpu
