@@ -93,8 +93,110 @@ def build_tree(
 # kv_compact
 
 
+def kv_compact(
+    kv_cache: torch.Tensor,
+    accept_local: torch.Tensor,
+    accept_len: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    *,
+    out: torch.Tensor | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    """Move each request's accepted K/V rows into consecutive slots, all layers in one call.
+
+    For request b and every layer and k/v, path node i (``1 <= i <= accept_len[b]``) moves from
+    row ``prefix_lens[b] + accept_local[b, i]`` to row ``prefix_lens[b] + i``, in place. Moves
+    with source == destination (an accepted chain) cost nothing, and no other row is touched:
+    rows past the new length keep their (stale) contents.
+
+    Args:
+        kv_cache: float32/bfloat16/float16 [L, 2, B, S_max, Hkv, D], mutated in place. Any
+            strides for the first four dims (e.g. a slice of a larger buffer) as long as each
+            [Hkv, D] row is contiguous.
+        accept_local: int32 [B, P] (P = max_depth + 1, at most 64): the accepted path in local
+            ids, root 0 first, strictly increasing, -1 padded (``verify_greedy``'s output).
+        accept_len: int32 [B], accepted drafts, in [0, P - 1].
+        prefix_lens: int32 [B], committed tokens before each root.
+        out: optional preallocated int32 [B] for the new lengths (the hot path); it must not
+            share memory with the index inputs.
+        validate: on CUDA, check the paths on the host first (one sync). The CPU kernel always
+            checks, before moving anything: ``accept_len`` out of range, a path that does not
+            start at 0 or is not strictly increasing, a negative prefix, or a row at or past
+            S_max raise a RuntimeError naming the request. Unvalidated bad requests on CUDA move
+            nothing.
+
+    Returns:
+        seq_lens int32 [B] = ``prefix_lens + accept_len + 1``.
+    """
+    if out is None:
+        out = torch.empty(prefix_lens.shape, dtype=torch.int32, device=prefix_lens.device)
+    if validate and kv_cache.device.type != "cpu" and kv_cache.dim() == 6:
+        rows_only = torch.empty((1, 2, *kv_cache.shape[2:4], 1, 1), dtype=torch.float16)
+        kv_compact(rows_only, accept_local.cpu(), accept_len.cpu(), prefix_lens.cpu())
+    _op("kv_compact")(kv_cache, accept_local, accept_len, prefix_lens, out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # verify_greedy
+
+
+class Acceptance(NamedTuple):
+    """Outputs of a verification (B requests, P = max_depth + 1)."""
+
+    accept_local: torch.Tensor  # int32 [B, P]: accepted path in local ids, root first, -1 padded
+    accept_len: torch.Tensor  # int32 [B]: accepted drafts (the path holds accept_len + 1 nodes)
+    out_tokens: torch.Tensor  # int64 [B, P]: accepted drafts then the bonus token, -1 padded
+
+
+def verify_greedy(
+    candidates: torch.Tensor,
+    target_argmax: torch.Tensor,
+    first_child: torch.Tensor,
+    next_sibling: torch.Tensor,
+    tree_indptr: torch.Tensor,
+    max_depth: int,
+    *,
+    out: Acceptance | None = None,
+    validate: bool = False,
+) -> Acceptance:
+    """Greedy verification of draft trees: the longest path the target agrees with.
+
+    From the root, repeatedly accept the lowest-index child whose token equals the target's
+    argmax after the current node; stop when none matches or ``max_depth`` drafts are accepted.
+    The emitted tokens are the accepted drafts followed by the bonus token (the target's argmax
+    after the last accepted node).
+
+    Args:
+        candidates: int64 [N], the token at each node (the root's entry is ignored).
+        target_argmax: int64 [N], the target's greedy token after each node.
+        first_child, next_sibling: int32 [N], local ids from ``build_tree`` (-1 for none).
+        tree_indptr: int32 [B+1], request b owns nodes ``[indptr[b], indptr[b+1])``.
+        max_depth: the most drafts one request can accept, 0 to 63; sets P = max_depth + 1.
+        out: optional preallocated outputs (the hot path) with P columns.
+        validate: on CUDA, check the trees on the host first (one sync). The CPU kernel always
+            checks: an empty tree, a bad ``tree_indptr``, or a visited link that is out of range
+            or not strictly forward (which would loop) raise a RuntimeError naming the request
+            and node. Unvalidated bad trees on CUDA give well-formed but meaningless outputs.
+
+    Returns:
+        Acceptance(accept_local int32 [B, P], accept_len int32 [B], out_tokens int64 [B, P]).
+    """
+    if out is None:
+        batch, dev = max(tree_indptr.numel() - 1, 0), candidates.device
+        out = Acceptance(
+            torch.empty(batch, max_depth + 1, dtype=torch.int32, device=dev),
+            torch.empty(batch, dtype=torch.int32, device=dev),
+            torch.empty(batch, max_depth + 1, dtype=torch.int64, device=dev),
+        )
+    elif out.accept_local.dim() != 2 or out.accept_local.shape[1] != max_depth + 1:
+        raise ValueError(f"verify_greedy: out.accept_local must have max_depth + 1 = "
+                         f"{max_depth + 1} columns, got shape {tuple(out.accept_local.shape)}")
+    if validate and candidates.device.type != "cpu":
+        verify_greedy(candidates.cpu(), target_argmax.cpu(), first_child.cpu(),
+                      next_sibling.cpu(), tree_indptr.cpu(), max_depth)
+    _op("verify_greedy")(candidates, target_argmax, first_child, next_sibling, tree_indptr, *out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

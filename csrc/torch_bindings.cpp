@@ -4,11 +4,16 @@
 // allocates nothing and never syncs; adaeagle_ext/ops.py holds the allocating wrappers.
 #include <torch/library.h>
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 
 #include "checks.h"
 #include "cpu/build_tree.h"
+#include "cpu/kv_compact.h"
+#include "cpu/verify_greedy.h"
 #include "adaeagle/build_tree.h"
+#include "adaeagle/kv_compact.h"
+#include "adaeagle/verify_greedy.h"
 
 #ifdef ADAEAGLE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -162,8 +167,168 @@ TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("build_tree", &build_tree_cuda); 
 // ---------------------------------------------------------------------------------------------
 // kv_compact
 
+namespace {
+
+// The cache may be a strided view (e.g. a slice of a larger buffer) as long as each row, the
+// [Hkv, D] block of one (layer, k/v, request, position), is contiguous.
+void check_kv_compact(const at::Tensor& kv_cache, const at::Tensor& accept_local,
+                      const at::Tensor& accept_len, const at::Tensor& prefix_lens,
+                      const at::Tensor& seq_lens) {
+  constexpr const char* op = "kv_compact";
+  const auto dev = kv_cache.device();
+  check_float_dtype(kv_cache, op, "kv_cache");
+  TORCH_CHECK(kv_cache.dim() == 6, op, ": kv_cache must have 6 dimensions ",
+              "[L, 2, B, S_max, Hkv, D], got shape ", kv_cache.sizes());
+  check_size(kv_cache, op, "kv_cache", 1, 2);
+  TORCH_CHECK(kv_cache.size(0) >= 1, op, ": kv_cache must have at least one layer, got shape ",
+              kv_cache.sizes());
+  TORCH_CHECK(kv_cache.stride(5) == 1 && (kv_cache.size(4) == 1 ||
+                                          kv_cache.stride(4) == kv_cache.size(5)),
+              op, ": kv_cache rows [Hkv, D] must be contiguous (strides (D, 1)), got strides ",
+              kv_cache.strides());
+  TORCH_CHECK(at::has_internal_overlap(kv_cache) != at::MemOverlap::Yes, op,
+              ": kv_cache must not have overlapping memory (e.g. from expand)");
+  const int64_t batch = kv_cache.size(2);
+  check_tensor(accept_local, op, "accept_local", at::kInt, 2, dev);
+  check_size(accept_local, op, "accept_local", 0, batch);
+  TORCH_CHECK(accept_local.size(1) >= 1 && accept_local.size(1) <= kMaxTreeNodes, op,
+              ": accept_local.size(1) (max_depth + 1) must be in [1, ", kMaxTreeNodes,
+              "], got shape ", accept_local.sizes());
+  check_tensor(accept_len, op, "accept_len", at::kInt, 1, dev);
+  check_size(accept_len, op, "accept_len", 0, batch);
+  check_tensor(prefix_lens, op, "prefix_lens", at::kInt, 1, dev);
+  check_size(prefix_lens, op, "prefix_lens", 0, batch);
+  check_tensor(seq_lens, op, "seq_lens", at::kInt, 1, dev);
+  check_size(seq_lens, op, "seq_lens", 0, batch);
+  for (const auto* input : {&accept_local, &accept_len, &prefix_lens}) {
+    const auto overlap = at::get_overlap_status(seq_lens, *input);
+    TORCH_CHECK(overlap != at::MemOverlapStatus::Full &&
+                    overlap != at::MemOverlapStatus::Partial,
+                op, ": seq_lens must not share memory with accept_local, accept_len or ",
+                "prefix_lens");
+  }
+}
+
+struct KvLayout {
+  int64_t stride_layer, stride_kv, stride_batch, stride_seq, row_bytes;
+};
+
+KvLayout kv_layout(const at::Tensor& kv_cache) {
+  const int64_t elem = static_cast<int64_t>(kv_cache.element_size());
+  return {kv_cache.stride(0) * elem, kv_cache.stride(1) * elem, kv_cache.stride(2) * elem,
+          kv_cache.stride(3) * elem, kv_cache.size(4) * kv_cache.size(5) * elem};
+}
+
+void kv_compact_cpu(const at::Tensor& kv_cache, const at::Tensor& accept_local,
+                    const at::Tensor& accept_len, const at::Tensor& prefix_lens,
+                    const at::Tensor& seq_lens) {
+  check_kv_compact(kv_cache, accept_local, accept_len, prefix_lens, seq_lens);
+  const KvLayout layout = kv_layout(kv_cache);
+  cpu::kv_compact(kv_cache.data_ptr(), kv_cache.size(0), kv_cache.size(2), kv_cache.size(3),
+                  layout.stride_layer, layout.stride_kv, layout.stride_batch, layout.stride_seq,
+                  layout.row_bytes, accept_local.data_ptr<int32_t>(), accept_local.size(1),
+                  accept_len.data_ptr<int32_t>(), prefix_lens.data_ptr<int32_t>(),
+                  seq_lens.data_ptr<int32_t>());
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void kv_compact_cuda(const at::Tensor& kv_cache, const at::Tensor& accept_local,
+                     const at::Tensor& accept_len, const at::Tensor& prefix_lens,
+                     const at::Tensor& seq_lens) {
+  check_kv_compact(kv_cache, accept_local, accept_len, prefix_lens, seq_lens);
+  TORCH_CHECK(kv_cache.size(0) * 2 <= 65535, "kv_compact: kv_cache has too many layers for ",
+              "one launch, got shape ", kv_cache.sizes());
+  const c10::cuda::CUDAGuard guard(kv_cache.device());
+  const KvLayout layout = kv_layout(kv_cache);
+  ADAEAGLE_CUDA_CHECK(launch_kv_compact(
+      kv_cache.data_ptr(), kv_cache.size(0), kv_cache.size(2), kv_cache.size(3),
+      layout.stride_layer, layout.stride_kv, layout.stride_batch, layout.stride_seq,
+      layout.row_bytes, accept_local.data_ptr<int32_t>(),
+      static_cast<int>(accept_local.size(1)), accept_len.data_ptr<int32_t>(),
+      prefix_lens.data_ptr<int32_t>(), seq_lens.data_ptr<int32_t>(),
+      at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("kv_compact", &kv_compact_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("kv_compact", &kv_compact_cuda); }
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // verify_greedy
+
+namespace {
+
+void check_verify_greedy(const at::Tensor& candidates, const at::Tensor& target_argmax,
+                         const at::Tensor& first_child, const at::Tensor& next_sibling,
+                         const at::Tensor& tree_indptr, const at::Tensor& accept_local,
+                         const at::Tensor& accept_len, const at::Tensor& out_tokens) {
+  constexpr const char* op = "verify_greedy";
+  const auto dev = candidates.device();
+  check_tensor(candidates, op, "candidates", at::kLong, 1, dev);
+  const int64_t n = candidates.numel();
+  check_tensor(target_argmax, op, "target_argmax", at::kLong, 1, dev);
+  check_size(target_argmax, op, "target_argmax", 0, n);
+  check_tensor(first_child, op, "first_child", at::kInt, 1, dev);
+  check_size(first_child, op, "first_child", 0, n);
+  check_tensor(next_sibling, op, "next_sibling", at::kInt, 1, dev);
+  check_size(next_sibling, op, "next_sibling", 0, n);
+  check_tensor(tree_indptr, op, "tree_indptr", at::kInt, 1, dev);
+  TORCH_CHECK(tree_indptr.numel() >= 1, op, ": tree_indptr must hold B+1 >= 1 entries");
+  const int64_t batch = tree_indptr.numel() - 1;
+  check_tensor(accept_local, op, "accept_local", at::kInt, 2, dev);
+  check_size(accept_local, op, "accept_local", 0, batch);
+  const int64_t width = accept_local.size(1);
+  TORCH_CHECK(width >= 1 && width <= kMaxTreeNodes, op,
+              ": accept_local.size(1) (max_depth + 1) must be in [1, ", kMaxTreeNodes,
+              "], got shape ", accept_local.sizes());
+  check_tensor(accept_len, op, "accept_len", at::kInt, 1, dev);
+  check_size(accept_len, op, "accept_len", 0, batch);
+  check_tensor(out_tokens, op, "out_tokens", at::kLong, 2, dev);
+  check_size(out_tokens, op, "out_tokens", 0, batch);
+  check_size(out_tokens, op, "out_tokens", 1, width);
+}
+
+void verify_greedy_cpu(const at::Tensor& candidates, const at::Tensor& target_argmax,
+                       const at::Tensor& first_child, const at::Tensor& next_sibling,
+                       const at::Tensor& tree_indptr, const at::Tensor& accept_local,
+                       const at::Tensor& accept_len, const at::Tensor& out_tokens) {
+  check_verify_greedy(candidates, target_argmax, first_child, next_sibling, tree_indptr,
+                      accept_local, accept_len, out_tokens);
+  cpu::verify_greedy(candidates.data_ptr<int64_t>(), target_argmax.data_ptr<int64_t>(),
+                     first_child.data_ptr<int32_t>(), next_sibling.data_ptr<int32_t>(),
+                     tree_indptr.data_ptr<int32_t>(), tree_indptr.numel() - 1,
+                     candidates.numel(), accept_local.size(1), accept_local.data_ptr<int32_t>(),
+                     accept_len.data_ptr<int32_t>(), out_tokens.data_ptr<int64_t>());
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void verify_greedy_cuda(const at::Tensor& candidates, const at::Tensor& target_argmax,
+                        const at::Tensor& first_child, const at::Tensor& next_sibling,
+                        const at::Tensor& tree_indptr, const at::Tensor& accept_local,
+                        const at::Tensor& accept_len, const at::Tensor& out_tokens) {
+  check_verify_greedy(candidates, target_argmax, first_child, next_sibling, tree_indptr,
+                      accept_local, accept_len, out_tokens);
+  const c10::cuda::CUDAGuard guard(candidates.device());
+  ADAEAGLE_CUDA_CHECK(launch_verify_greedy(
+      candidates.data_ptr<int64_t>(), target_argmax.data_ptr<int64_t>(),
+      first_child.data_ptr<int32_t>(), next_sibling.data_ptr<int32_t>(),
+      tree_indptr.data_ptr<int32_t>(), static_cast<int>(tree_indptr.numel() - 1),
+      candidates.numel(), static_cast<int>(accept_local.size(1)),
+      accept_local.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
+      out_tokens.data_ptr<int64_t>(), at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("verify_greedy", &verify_greedy_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("verify_greedy", &verify_greedy_cuda); }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // tree_attention and merge_attn_states
