@@ -62,9 +62,9 @@ TORCH_LIBRARY(adaeagle, m) {
   // two residual rows of V floats per request.
   m.def(
       "verify_sampling(Tensor candidates, Tensor target_probs, Tensor? draft_probs, "
-      "Tensor first_child, Tensor next_sibling, Tensor tree_indptr, Tensor uniforms, int mode, "
-      "Tensor(a!) accept_local, Tensor(b!) accept_len, Tensor(c!) out_tokens, "
-      "Tensor(d!) scratch) -> ()");
+      "Tensor first_child, Tensor next_sibling, Tensor tree_indptr, Tensor uniforms, "
+      "int verify_mode, Tensor(a!) accept_local, Tensor(b!) accept_len, "
+      "Tensor(c!) out_tokens, Tensor(d!) scratch) -> ()");
 
   // Fused LDLP inference: draft length = clamp(round(mlp(features)), 0, k_max).
   m.def(
