@@ -1,9 +1,10 @@
-"""verify_sampling: golden trees, kernel == ref.py on random trees, opcheck, bad input.
-
-The statistical exactness tests live in test_verify_sampling_exactness.py.
-"""
+"""verify_sampling: golden trees, kernel == ref.py on random trees, opcheck, bad input, and the
+statistical proof of exactness (emitted tokens follow the target distribution; a broken rule
+fails the same test)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -303,3 +304,170 @@ def test_bad_input_raises(change, message):
     kwargs = {**chain_inputs(), **change}
     with pytest.raises(RuntimeError, match=message):
         ops.verify_sampling(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# statistical exactness: over many trials the emitted tokens follow the target distribution
+#
+# A fixed target "model" P[a] = p(. | previous token a) and a different draft Q[a] on a small
+# vocabulary. Every trial is one request of the batch: a tree drafted from Q below the root
+# token 0, target rows P[token of node], draft rows the distribution each node was drawn from.
+# The first emitted token must follow P[0] and the first two P[0][y1] * P[y1][y2] (when the
+# round emits one token, the second is drawn directly from P[y1], as the next round would).
+
+STAT_VOCAB = 8
+ROOT_TOKEN = 0
+SIBLINGS = 3  # per node, two levels: 1 + 3 + 9 nodes
+
+
+def markov_models(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.softmax(torch.randn(STAT_VOCAB, STAT_VOCAB, generator=gen) * 1.5, dim=1)
+    draft = torch.softmax(torch.randn(STAT_VOCAB, STAT_VOCAB, generator=gen) * 1.5, dim=1)
+    return target, draft
+
+
+def tv_bound(categories: int, trials: int, failure_prob: float = 1e-6) -> float:
+    """A total-variation distance that an empirical distribution of `trials` exact samples exceeds
+    with probability below `failure_prob`: E[TV] <= sqrt(K / n) / 2 (Cauchy-Schwarz), and TV moves
+    by at most 1/n per sample, so McDiarmid adds sqrt(ln(1/delta) / (2n))."""
+    deviation = math.sqrt(math.log(1 / failure_prob) / (2 * trials))
+    return 0.5 * math.sqrt(categories / trials) + deviation
+
+
+def total_variation(samples: torch.Tensor, probs: torch.Tensor) -> float:
+    counts = torch.bincount(samples, minlength=probs.numel()).double()
+    return 0.5 * float((counts / samples.numel() - probs.double()).abs().sum())
+
+
+def draw_children(rows: torch.Tensor, scheme: str, gen: torch.Generator):
+    """SIBLINGS children under each of T nodes whose draft distributions are rows [T, V].
+
+    Returns (tokens [T, SIBLINGS], proposal rows [T, SIBLINGS, V]): each child's row is the
+    distribution it was drawn from (for "without_replacement", conditioned on its earlier
+    siblings; for "topk", the children are the top tokens and the rows are unused)."""
+    if scheme == "topk":
+        return rows.topk(SIBLINGS, dim=1).indices, rows[:, None].expand(-1, SIBLINGS, -1)
+    tokens, proposals, remaining = [], [], rows.clone()
+    for _ in range(SIBLINGS):
+        proposal = remaining / remaining.sum(dim=1, keepdim=True)
+        if scheme == "iid":
+            proposal = rows
+        token = torch.multinomial(proposal, 1, generator=gen)[:, 0]
+        tokens.append(token)
+        proposals.append(proposal)
+        remaining = remaining.scatter(1, token[:, None], 0.0)
+    return torch.stack(tokens, dim=1), torch.stack(proposals, dim=1)
+
+
+def stat_trials(scheme: str, trials: int, gen: torch.Generator):
+    """Inputs of one batched call: `trials` requests drafted with `scheme` ("chain", "iid",
+    "without_replacement", "topk"). Returns (op arguments, mode, root-level draws)."""
+    target_model, draft_model = markov_models()
+    root = torch.full((trials,), ROOT_TOKEN)
+    if scheme == "chain":
+        first = torch.multinomial(draft_model[root], 1, generator=gen)[:, 0]
+        second = torch.multinomial(draft_model[first], 1, generator=gen)[:, 0]
+        tokens = torch.stack([root, first, second], dim=1)
+        proposals = torch.stack([torch.zeros_like(draft_model[root]), draft_model[root],
+                                 draft_model[first]], dim=1)
+        parents, mode = [-1, 0, 1], CHAIN
+        root_level = (first[:, None], draft_model[root][:, None])
+    else:
+        children, child_rows = draw_children(draft_model[root], scheme, gen)
+        grand, grand_rows = draw_children(draft_model[children.flatten()], scheme, gen)
+        tokens = torch.cat([root[:, None], children, grand.reshape(trials, -1)], dim=1)
+        proposals = torch.cat([torch.zeros(trials, 1, STAT_VOCAB), child_rows,
+                               grand_rows.reshape(trials, -1, STAT_VOCAB)], dim=1)
+        parents = [-1] + [0] * SIBLINGS + [1 + i // SIBLINGS for i in range(SIBLINGS ** 2)]
+        mode = TOPK if scheme == "topk" else RECURSIVE
+        root_level = (children, child_rows)
+    size = len(parents)
+    child, sibling = links(parents, [0, size])
+    args = (
+        tokens.flatten(),
+        target_model[tokens.flatten()].contiguous(),
+        None if mode == TOPK else proposals.reshape(-1, STAT_VOCAB).contiguous(),
+        child.repeat(trials),
+        sibling.repeat(trials),
+        torch.arange(0, (trials + 1) * size, size, dtype=torch.int32),
+    )
+    return args, mode, root_level
+
+
+def first_token_batched(p, children, child_rows, coins, final_coins, mode, residual_update):
+    """The root level of the verifier, vectorised over trials in plain PyTorch: the first emitted
+    token [T]. residual_update=False is the deliberately broken rule: the siblings are tested
+    against the unchanged p and the correction is drawn from p (no p <- norm(max(p - q, 0)),
+    no removal of rejected topk tokens)."""
+    current = p.clone()
+    emitted = torch.full((p.shape[0],), -1, dtype=torch.int64)
+    done = torch.zeros(p.shape[0], dtype=torch.bool)
+    for k in range(children.shape[1]):
+        x, q = children[:, k], child_rows[:, k]
+        px = current.gather(1, x[:, None])[:, 0]
+        if mode == TOPK:
+            accept = coins[:, k].double() * current.double().sum(dim=1) < px
+        else:
+            accept = coins[:, k] * q.gather(1, x[:, None])[:, 0] < px
+        accept &= ~done
+        emitted[accept] = x[accept]
+        done |= accept
+        if residual_update and mode == TOPK:
+            current = current.scatter(1, x[:, None], 0.0)
+        elif residual_update:
+            residual = torch.clamp(current - q, min=0.0)
+            mass = residual.sum(dim=1, keepdim=True)
+            current = torch.where(mass > 0, residual / mass.clamp(min=1e-30), current)
+    cdf = torch.cumsum(current.double(), dim=1)
+    final = torch.searchsorted(cdf, (final_coins.double() * cdf[:, -1])[:, None], right=True)
+    emitted[~done] = final[:, 0].clamp(max=p.shape[1] - 1)[~done]
+    return emitted
+
+
+def two_token_paths(out: ops.SamplingVerifyOutputs, gen: torch.Generator) -> torch.Tensor:
+    """y1 * V + y2 per trial; y2 from the same round when it went on, else drawn from P[y1]."""
+    target_model, _ = markov_models()
+    first = out.out_tokens[:, 0]
+    fresh = torch.multinomial(target_model[first], 1, generator=gen)[:, 0]
+    second = torch.where(out.accept_len >= 1, out.out_tokens[:, 1], fresh)
+    return first * STAT_VOCAB + second
+
+
+def check_exactness(scheme: str, trials: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    args, mode, (children, child_rows) = stat_trials(scheme, trials, gen)
+    out = ops.verify_sampling(*args, mode, 2, generator=gen)
+    target_model, _ = markov_models()
+    first_exact = target_model[ROOT_TOKEN]
+    path_exact = (first_exact[:, None] * target_model).flatten()
+    tv_first = total_variation(out.out_tokens[:, 0], first_exact)
+    tv_path = total_variation(two_token_paths(out, gen), path_exact)
+    bound_first, bound_path = tv_bound(STAT_VOCAB, trials), tv_bound(STAT_VOCAB ** 2, trials)
+    assert tv_first < bound_first, (scheme, tv_first, bound_first)
+    assert tv_path < bound_path, (scheme, tv_path, bound_path)
+    assert 0.05 < float(out.accept_len.float().mean()) < 1.95  # drafts accepted and rejected
+
+    # The same test on a plain-PyTorch root level: passes with the rule, fails without it.
+    p = target_model[ROOT_TOKEN].expand(trials, -1)
+    coins = torch.rand(trials, children.shape[1], generator=gen)
+    final_coins = torch.rand(trials, generator=gen)
+    for residual_update in (True, False):
+        emitted = first_token_batched(p, children, child_rows, coins, final_coins, mode,
+                                      residual_update)
+        tv = total_variation(emitted, first_exact)
+        if residual_update:
+            assert tv < bound_first, (scheme, "plain PyTorch rule", tv, bound_first)
+        else:
+            assert tv > 2 * bound_first, (scheme, "broken rule", tv, bound_first)
+
+
+@pytest.mark.parametrize("scheme", ["chain", "iid", "without_replacement", "topk"])
+def test_emitted_tokens_follow_the_target(scheme):
+    check_exactness(scheme, 100_000, seed=17)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["chain", "iid", "without_replacement", "topk"])
+def test_emitted_tokens_follow_the_target_1m(scheme):
+    check_exactness(scheme, 1_000_000, seed=23)
