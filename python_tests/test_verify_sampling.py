@@ -264,6 +264,13 @@ def chain_inputs():
     )
 
 
+def test_validate_checks_on_the_host(device):
+    kwargs = {**chain_inputs(), "candidates": torch.tensor([0, 4, 0, 2])}
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    with pytest.raises(RuntimeError, match="candidates of node 1 is 4, outside the vocabulary"):
+        ops.verify_sampling(**kwargs, validate=True)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -392,7 +399,7 @@ def stat_trials(scheme: str, trials: int, gen: torch.Generator):
         sibling.repeat(trials),
         torch.arange(0, (trials + 1) * size, size, dtype=torch.int32),
     )
-    return args, mode, root_level
+    return args, mode, root_level, parents
 
 
 def first_token_batched(p, children, child_rows, coins, final_coins, mode, residual_update):
@@ -436,7 +443,7 @@ def two_token_paths(out: ops.SamplingVerifyOutputs, gen: torch.Generator) -> tor
 
 def check_exactness(scheme: str, trials: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
-    args, mode, (children, child_rows) = stat_trials(scheme, trials, gen)
+    args, mode, (children, child_rows), parents = stat_trials(scheme, trials, gen)
     out = ops.verify_sampling(*args, mode, 2, generator=gen)
     target_model, _ = markov_models()
     first_exact = target_model[ROOT_TOKEN]
@@ -460,6 +467,18 @@ def check_exactness(scheme: str, trials: int, seed: int):
             assert tv < bound_first, (scheme, "plain PyTorch rule", tv, bound_first)
         else:
             assert tv > 2 * bound_first, (scheme, "broken rule", tv, bound_first)
+
+    if scheme == "without_replacement":
+        # A known pitfall fails too: siblings drawn without replacement but verified against the
+        # unconditioned draft rows Q[parent token].
+        tokens = args[0].view(trials, -1)
+        parent_tokens = tokens[:, torch.tensor(parents).clamp(min=0)]
+        _, draft_model = markov_models()
+        unconditioned = draft_model[parent_tokens].reshape(-1, STAT_VOCAB).contiguous()
+        out = ops.verify_sampling(args[0], args[1], unconditioned, *args[3:], mode, 2,
+                                  generator=gen)
+        tv = total_variation(out.out_tokens[:, 0], first_exact)
+        assert tv > bound_first, (scheme, "unconditioned rows", tv, bound_first)
 
 
 @pytest.mark.parametrize("scheme", ["chain", "iid", "without_replacement", "topk"])

@@ -101,8 +101,9 @@ ADAEAGLE_HD int64_t last_positive(const float* w, int64_t n) {
 namespace adaeagle {
 // Launches verify_sampling on `stream`, one block per request. Arguments as in the CPU entry
 // point (draft_probs may be null in topk mode). Data errors are not reported: a link outside the
-// tree ends the walk, a token outside the vocabulary is rejected, and a request whose final
-// distribution has no mass emits token -1 (validate=True in the Python wrapper checks first).
+// tree ends the walk, a token outside the vocabulary is rejected, a branching tree in chain mode
+// is verified as in tree_recursive mode, and a request whose final distribution has no mass
+// emits token -1 (validate=True in the Python wrapper runs the CPU checks first).
 cudaError_t launch_verify_sampling(const int64_t* candidates, const float* target_probs,
                                    const float* draft_probs, const int32_t* first_child,
                                    const int32_t* next_sibling, const int32_t* tree_indptr,
