@@ -168,8 +168,8 @@ Fault verify_request(const Batch& a, int64_t b) {
           mass = sum_double(row, vocab);
           have_mass = true;
         }
-        const bool duplicate = std::find(removed, removed + num_removed, x) != removed + num_removed;
-        if (!duplicate) {
+        const int32_t* removed_end = removed + num_removed;
+        if (std::find(removed, removed_end, x) == removed_end) {  // a repeat is skipped
           const float px = row[x];
           if (accept_by_mass(u, px, mass)) {
             accepted = child;
