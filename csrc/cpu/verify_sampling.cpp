@@ -168,8 +168,9 @@ Fault verify_request(const Batch& a, int64_t b) {
           mass = sum_double(row, vocab);
           have_mass = true;
         }
+        // A token already rejected among the earlier siblings is skipped.
         const int32_t* removed_end = removed + num_removed;
-        if (std::find(removed, removed_end, x) == removed_end) {  // a repeat is skipped
+        if (std::find(static_cast<const int32_t*>(removed), removed_end, x) == removed_end) {
           const float px = row[x];
           if (accept_by_mass(u, px, mass)) {
             accepted = child;
