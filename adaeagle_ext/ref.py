@@ -15,6 +15,10 @@ ATTN_FULL = 0
 ATTN_PREFIX_ONLY = 1
 ATTN_TREE_ONLY = 2
 
+VERIFY_CHAIN = 0
+VERIFY_TREE_RECURSIVE = 1
+VERIFY_TOPK = 2
+
 
 def _to_int64_bits(row: int) -> int:
     """Map an unsigned 64-bit pattern onto the int64 with the same bits."""
@@ -242,6 +246,129 @@ def merge_attn_states(
 
 
 # verify_sampling
+
+
+def sample_inverse_cdf(weights: torch.Tensor, u: float) -> int | None:
+    """Index v drawn with probability ``weights[v] / weights.sum()`` using the uniform u in [0, 1).
+
+    The first index whose float64 cumulative weight exceeds ``u * total`` (index order); the last
+    index of positive weight if round-off leaves none; None when the total weight is 0.
+
+    Args:
+        weights: float32 [V], non-negative, not necessarily normalised.
+        u: a uniform in [0, 1).
+    """
+    cdf = torch.cumsum(weights.double(), 0)
+    total = float(cdf[-1])
+    if not total > 0.0:
+        return None
+    threshold = torch.tensor([u * total], dtype=torch.float64)
+    index = int(torch.searchsorted(cdf, threshold, right=True))
+    if index >= weights.numel():
+        index = int(torch.nonzero(weights > 0).max())
+    return index
+
+
+def _f32(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def verify_sampling(
+    candidates: torch.Tensor,
+    target_probs: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    first_child: torch.Tensor,
+    next_sibling: torch.Tensor,
+    tree_indptr: torch.Tensor,
+    uniforms: torch.Tensor,
+    mode: int,
+    max_depth: int,
+):
+    """Reference of ``ops.verify_sampling`` (same uniforms, same decisions, same tokens).
+
+    At each node the current target distribution is ``p = r * inv`` (float32): r starts as the
+    node's target row with inv = 1. For each child x (sibling order, coin ``uniforms[node]``):
+      - chain / tree_recursive: accept iff ``u * q(x) < p(x)`` (exact in float64); on rejection
+        ``r = max(p - q, 0)`` and ``inv = float32(1 / sum(r))``, unless sum(r) == 0 (round-off
+        only), which keeps p.
+      - topk: ``mass`` = float64 sum of the target row minus the removed tokens' probabilities;
+        accept iff ``u * mass < p(x)``; on rejection remove x (``mass -= p(x)``); a token already
+        removed is skipped.
+    Drafts stop at ``max_depth``. The final token (coin ``uniforms[N + b]``) is
+    ``sample_inverse_cdf`` of r (topk: the target row with the removed tokens zeroed, or the whole
+    row if that leaves no mass).
+
+    Args:
+        candidates: int64 [N]; target_probs: float32 [N, V]; draft_probs: float32 [N, V] or None
+        (topk); first_child, next_sibling: int32 [N]; tree_indptr: int32 [B+1];
+        uniforms: float32 [N + B]; mode: VERIFY_CHAIN, VERIFY_TREE_RECURSIVE or VERIFY_TOPK;
+        max_depth: the most drafts one request may accept.
+
+    Returns:
+        accept_local int32 [B, max_depth+1], accept_len int32 [B], out_tokens int64
+        [B, max_depth+1], as ``ops.verify_sampling``.
+    """
+    n = candidates.numel()
+    batch = tree_indptr.numel() - 1
+    width = max_depth + 1
+    coins = uniforms.tolist()
+    tokens_l = candidates.tolist()
+    child_of = first_child.tolist()
+    sibling_of = next_sibling.tolist()
+    accept_local = torch.full((batch, width), -1, dtype=torch.int32)
+    accept_len = torch.zeros(batch, dtype=torch.int32)
+    out_tokens = torch.full((batch, width), -1, dtype=torch.int64)
+    for b in range(batch):
+        start = int(tree_indptr[b])
+        node, n_acc = 0, 0
+        accept_local[b, 0] = 0
+        while True:
+            r, inv, removed = target_probs[start + node], _f32(1.0), []
+            if n_acc == max_depth:
+                break
+            child, accepted, mass = child_of[start + node], -1, None
+            while child != -1:
+                x, u = tokens_l[start + child], coins[start + child]
+                if mode == VERIFY_TOPK:
+                    if mass is None:
+                        mass = float(r.double().sum())
+                    if x not in removed:
+                        px = float(r[x])
+                        if u * mass < px:
+                            accepted = child
+                            break
+                        removed.append(x)
+                        mass -= px
+                else:
+                    q = draft_probs[start + child]
+                    p = r * inv
+                    if u * float(q[x]) < float(p[x]):
+                        accepted = child
+                        break
+                    residual = torch.clamp(p - q, min=0.0)
+                    s = float(residual.double().sum())
+                    if s > 0.0:
+                        r, inv = residual, _f32(1.0 / s)
+                child = sibling_of[start + child]
+            if accepted == -1:
+                break
+            out_tokens[b, n_acc] = tokens_l[start + accepted]
+            n_acc += 1
+            accept_local[b, n_acc] = accepted
+            node = accepted
+        u = coins[n + b]
+        weights = r.clone()
+        if removed:
+            weights[removed] = 0.0
+        token = sample_inverse_cdf(weights, u)
+        if token is None:
+            token = sample_inverse_cdf(r, u)
+        if token is None:
+            raise ValueError(f"verify_sampling: request {b}: nothing to sample at node {node}")
+        out_tokens[b, n_acc] = token
+        accept_len[b] = n_acc
+    return accept_local, accept_len, out_tokens
+
 
 
 # ldlp_mlp

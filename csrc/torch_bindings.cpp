@@ -14,6 +14,8 @@
 #include "adaeagle/build_tree.h"
 #include "adaeagle/kv_compact.h"
 #include "adaeagle/verify_greedy.h"
+#include "cpu/verify_sampling.h"
+#include "adaeagle/verify_sampling.h"
 
 #ifdef ADAEAGLE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -61,11 +63,13 @@ TORCH_LIBRARY(adaeagle, m) {
       "merge_attn_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b, "
       "Tensor(a!) out, Tensor(b!) lse) -> ()");
 
-  // Lossless tree rejection sampling (mode 0 chain, 1 tree_recursive, 2 topk).
+  // Lossless tree rejection sampling (mode 0 chain, 1 tree_recursive, 2 topk); scratch holds
+  // two residual rows of V floats per request.
   m.def(
       "verify_sampling(Tensor candidates, Tensor target_probs, Tensor? draft_probs, "
-      "Tensor first_child, Tensor next_sibling, Tensor tree_indptr, Tensor uniforms, int mode, "
-      "Tensor(a!) accept_local, Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()");
+      "Tensor first_child, Tensor next_sibling, Tensor tree_indptr, Tensor uniforms, "
+      "int verify_mode, Tensor(a!) accept_local, Tensor(b!) accept_len, "
+      "Tensor(c!) out_tokens, Tensor(d!) scratch) -> ()");
 
   // Fused LDLP inference: draft length = clamp(round(mlp(features)), 0, k_max).
   m.def(
@@ -335,6 +339,112 @@ TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("verify_greedy", &verify_greedy_c
 
 // ---------------------------------------------------------------------------------------------
 // verify_sampling
+
+namespace {
+
+void check_verify_sampling(const at::Tensor& candidates, const at::Tensor& target_probs,
+                           const std::optional<at::Tensor>& draft_probs,
+                           const at::Tensor& first_child, const at::Tensor& next_sibling,
+                           const at::Tensor& tree_indptr, const at::Tensor& uniforms,
+                           int64_t mode, const at::Tensor& accept_local,
+                           const at::Tensor& accept_len, const at::Tensor& out_tokens,
+                           const at::Tensor& scratch) {
+  constexpr const char* op = "verify_sampling";
+  const auto dev = candidates.device();
+  check_tensor(candidates, op, "candidates", at::kLong, 1, dev);
+  const int64_t n = candidates.numel();
+  check_tensor(target_probs, op, "target_probs", at::kFloat, 2, dev);
+  check_size(target_probs, op, "target_probs", 0, n);
+  const int64_t vocab = target_probs.size(1);
+  TORCH_CHECK(vocab >= 1 && vocab <= kMaxVocab, op, ": the vocabulary (target_probs.size(1)) ",
+              "must be in [1, ", kMaxVocab, "], got ", vocab);
+  TORCH_CHECK(mode == kVerifyChain || mode == kVerifyTreeRecursive || mode == kVerifyTopk, op,
+              ": mode must be 0 (chain), 1 (tree_recursive) or 2 (topk), got ", mode);
+  if (mode == kVerifyTopk) {
+    TORCH_CHECK(!draft_probs.has_value(), op, ": draft_probs must be None in mode 2 (topk), ",
+                "whose proposals are deterministic");
+  } else {
+    TORCH_CHECK(draft_probs.has_value(), op, ": draft_probs is required in mode ", mode,
+                mode == kVerifyChain ? " (chain)" : " (tree_recursive)");
+    check_tensor(*draft_probs, op, "draft_probs", at::kFloat, 2, dev);
+    check_size(*draft_probs, op, "draft_probs", 0, n);
+    check_size(*draft_probs, op, "draft_probs", 1, vocab);
+  }
+  check_tensor(first_child, op, "first_child", at::kInt, 1, dev);
+  check_size(first_child, op, "first_child", 0, n);
+  check_tensor(next_sibling, op, "next_sibling", at::kInt, 1, dev);
+  check_size(next_sibling, op, "next_sibling", 0, n);
+  check_tensor(tree_indptr, op, "tree_indptr", at::kInt, 1, dev);
+  TORCH_CHECK(tree_indptr.numel() >= 1, op, ": tree_indptr must hold B+1 >= 1 entries");
+  const int64_t batch = tree_indptr.numel() - 1;
+  check_tensor(uniforms, op, "uniforms", at::kFloat, 1, dev);
+  check_size(uniforms, op, "uniforms", 0, n + batch);
+  check_tensor(accept_local, op, "accept_local", at::kInt, 2, dev);
+  check_size(accept_local, op, "accept_local", 0, batch);
+  const int64_t width = accept_local.size(1);
+  TORCH_CHECK(width >= 1 && width <= kMaxTreeNodes, op, ": accept_local.size(1) = max_depth + 1 ",
+              "must be in [1, ", kMaxTreeNodes, "], got ", width);
+  check_tensor(accept_len, op, "accept_len", at::kInt, 1, dev);
+  check_size(accept_len, op, "accept_len", 0, batch);
+  check_tensor(out_tokens, op, "out_tokens", at::kLong, 2, dev);
+  check_size(out_tokens, op, "out_tokens", 0, batch);
+  check_size(out_tokens, op, "out_tokens", 1, width);
+  check_tensor(scratch, op, "scratch", at::kFloat, 3, dev);
+  check_size(scratch, op, "scratch", 0, batch);
+  check_size(scratch, op, "scratch", 1, 2);
+  check_size(scratch, op, "scratch", 2, vocab);
+}
+
+void verify_sampling_cpu(const at::Tensor& candidates, const at::Tensor& target_probs,
+                         const std::optional<at::Tensor>& draft_probs,
+                         const at::Tensor& first_child, const at::Tensor& next_sibling,
+                         const at::Tensor& tree_indptr, const at::Tensor& uniforms, int64_t mode,
+                         const at::Tensor& accept_local, const at::Tensor& accept_len,
+                         const at::Tensor& out_tokens, const at::Tensor& scratch) {
+  check_verify_sampling(candidates, target_probs, draft_probs, first_child, next_sibling,
+                        tree_indptr, uniforms, mode, accept_local, accept_len, out_tokens,
+                        scratch);
+  cpu::verify_sampling(
+      candidates.data_ptr<int64_t>(), target_probs.data_ptr<float>(),
+      draft_probs.has_value() ? draft_probs->data_ptr<float>() : nullptr,
+      first_child.data_ptr<int32_t>(), next_sibling.data_ptr<int32_t>(),
+      tree_indptr.data_ptr<int32_t>(), uniforms.data_ptr<float>(), tree_indptr.numel() - 1,
+      candidates.numel(), target_probs.size(1), accept_local.size(1), mode,
+      accept_local.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
+      out_tokens.data_ptr<int64_t>(), scratch.data_ptr<float>());
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void verify_sampling_cuda(const at::Tensor& candidates, const at::Tensor& target_probs,
+                          const std::optional<at::Tensor>& draft_probs,
+                          const at::Tensor& first_child, const at::Tensor& next_sibling,
+                          const at::Tensor& tree_indptr, const at::Tensor& uniforms,
+                          int64_t mode, const at::Tensor& accept_local,
+                          const at::Tensor& accept_len, const at::Tensor& out_tokens,
+                          const at::Tensor& scratch) {
+  check_verify_sampling(candidates, target_probs, draft_probs, first_child, next_sibling,
+                        tree_indptr, uniforms, mode, accept_local, accept_len, out_tokens,
+                        scratch);
+  const c10::cuda::CUDAGuard guard(candidates.device());
+  ADAEAGLE_CUDA_CHECK(launch_verify_sampling(
+      candidates.data_ptr<int64_t>(), target_probs.data_ptr<float>(),
+      draft_probs.has_value() ? draft_probs->data_ptr<float>() : nullptr,
+      first_child.data_ptr<int32_t>(), next_sibling.data_ptr<int32_t>(),
+      tree_indptr.data_ptr<int32_t>(), uniforms.data_ptr<float>(),
+      static_cast<int>(tree_indptr.numel() - 1), candidates.numel(), target_probs.size(1),
+      static_cast<int>(accept_local.size(1)), static_cast<int>(mode),
+      accept_local.data_ptr<int32_t>(), accept_len.data_ptr<int32_t>(),
+      out_tokens.data_ptr<int64_t>(), scratch.data_ptr<float>(),
+      at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("verify_sampling", &verify_sampling_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("verify_sampling", &verify_sampling_cuda); }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // ldlp_mlp
