@@ -77,7 +77,7 @@ template <int R, typename TA, typename TW>
 LDLP_ALWAYS_INLINE void layer_neurons(const Net<TA, TW>& net, int layer, int64_t row0,
                                       const float* se, const float* sf, const float* x_in,
                                       float* x_out, int begin, int end) {
-  constexpr int C = R == 1 ? 4 : 1;
+  constexpr int C = R == 1 ? 4 : 1;  // measured: more neurons per tile only help one row
   int o = begin;
   for (; o + C <= end; o += C) neuron_tile<R, C>(net, layer, row0, se, sf, x_in, x_out, o);
   for (; o < end; ++o) neuron_tile<R, 1>(net, layer, row0, se, sf, x_in, x_out, o);

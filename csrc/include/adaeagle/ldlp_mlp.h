@@ -94,21 +94,71 @@ ADAEAGLE_LDLP_HD float ldlp_sum_sq(const T* x, int n) {
 }
 
 // A tile of dot products: out[r][c] = sum_i w[c * w_stride + i] * x[r * x_stride + i] for
-// i in [0, n), R input rows by C weight rows, each with kLdlpLanes partial sums combined by
-// halving and then the scalar tail. Every (r, c) gets the same summation order whatever R and
-// C are: tiles only share loads (the host compiler vectorises the lane loop).
+// i in [0, n), R input rows by C weight rows. Each (r, c) keeps kLdlpLanes = 16 partial sums
+// (lane l takes the terms i = l mod 16), combines them by halving (l += l + 8, then + 4, + 2,
+// + 1) and then adds the tail terms in order. That order is the same whatever R and C are, so
+// tiles only share loads and a row's result never depends on its neighbours.
+#if defined(__GNUC__) && !defined(__CUDACC__) && !defined(__HIPCC__)
+// Host build with GCC/Clang: the 16 lanes are two 8-float vectors (GCC vector extensions), which
+// the compiler maps onto whatever instruction set the caller is compiled for (AVX2 + FMA in
+// the CPU kernel's AVX2 clone, SSE pairs otherwise).
+typedef float LdlpVec8 __attribute__((vector_size(32)));
+
+ADAEAGLE_LDLP_HD void ldlp_load8(LdlpVec8& v, const float* p) {
+  std::memcpy(&v, p, sizeof(v));
+}
+ADAEAGLE_LDLP_HD void ldlp_load8(LdlpVec8& v, const LdlpBf16* p) {
+  typedef uint16_t Half8 __attribute__((vector_size(16)));
+  typedef uint32_t Word8 __attribute__((vector_size(32)));
+  Half8 h;
+  std::memcpy(&h, p, sizeof(h));
+  const Word8 u = __builtin_convertvector(h, Word8) << 16;
+  std::memcpy(&v, &u, sizeof(v));
+}
+
 template <int R, int C, typename TW, typename TX>
-ADAEAGLE_LDLP_HD void ldlp_dot_tile(const TW* w, int64_t w_stride, const TX* x, int64_t x_stride, int n,
-                               float (&out)[R][C]) {
+ADAEAGLE_LDLP_HD void ldlp_dot_tile(const TW* w, int64_t w_stride, const TX* x, int64_t x_stride,
+                                    int n, float (&out)[R][C]) {
+  static_assert(kLdlpLanes == 16, "two 8-float vectors per dot product");
+  LdlpVec8 acc[R][C][2];
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) acc[r][c][0] = acc[r][c][1] = LdlpVec8{};
+  }
+  int i = 0;
+  for (; i + kLdlpLanes <= n; i += kLdlpLanes) {
+    for (int c = 0; c < C; ++c) {
+      LdlpVec8 w0, w1;
+      ldlp_load8(w0, w + c * w_stride + i);
+      ldlp_load8(w1, w + c * w_stride + i + 8);
+      for (int r = 0; r < R; ++r) {
+        LdlpVec8 x0, x1;
+        ldlp_load8(x0, x + r * x_stride + i);
+        ldlp_load8(x1, x + r * x_stride + i + 8);
+        acc[r][c][0] += w0 * x0;
+        acc[r][c][1] += w1 * x1;
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < C; ++c) {
+      const LdlpVec8 s = acc[r][c][0] + acc[r][c][1];
+      float sum = ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]));
+      for (int j = i; j < n; ++j) sum += ldlp_load(w[c * w_stride + j]) * ldlp_load(x[r * x_stride + j]);
+      out[r][c] = sum;
+    }
+  }
+}
+#else
+template <int R, int C, typename TW, typename TX>
+ADAEAGLE_LDLP_HD void ldlp_dot_tile(const TW* w, int64_t w_stride, const TX* x, int64_t x_stride,
+                                    int n, float (&out)[R][C]) {
   float acc[R][C][kLdlpLanes] = {};
   int i = 0;
   for (; i + kLdlpLanes <= n; i += kLdlpLanes) {
     for (int c = 0; c < C; ++c) {
-      float wv[kLdlpLanes];
-      for (int l = 0; l < kLdlpLanes; ++l) wv[l] = ldlp_load(w[c * w_stride + i + l]);
       for (int r = 0; r < R; ++r) {
         for (int l = 0; l < kLdlpLanes; ++l) {
-          acc[r][c][l] += wv[l] * ldlp_load(x[r * x_stride + i + l]);
+          acc[r][c][l] += ldlp_load(w[c * w_stride + i + l]) * ldlp_load(x[r * x_stride + i + l]);
         }
       }
     }
@@ -124,6 +174,7 @@ ADAEAGLE_LDLP_HD void ldlp_dot_tile(const TW* w, int64_t w_stride, const TX* x, 
     }
   }
 }
+#endif
 
 // One thread's share of a dot product split over `step` threads (a CUDA warp): the terms
 // i = start, start + step, ... below n.
