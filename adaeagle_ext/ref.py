@@ -374,4 +374,43 @@ def verify_sampling(
 # ldlp_mlp
 
 
+def ldlp_mlp(
+    emb: torch.Tensor,
+    hidden: torch.Tensor,
+    w_in: torch.Tensor,
+    b_in: torch.Tensor,
+    w_blocks: torch.Tensor,
+    b_blocks: torch.Tensor,
+    w_out: torch.Tensor,
+    b_out: torch.Tensor,
+    k_max: int,
+    eps: float,
+):
+    """Reference of ``ops.ldlp_mlp``: the LDLP draft-length predictor, all in fp32.
+
+    Args:
+        emb, hidden: [B, H]; the embedding of the last accepted token and the target's
+            final-normed hidden state there.
+        w_in [W, 2H], b_in [W], w_blocks [3, W, W], b_blocks [3, W], w_out [1, W], b_out [1]:
+            PyTorch Linear layout (out x in).
+        k_max: largest length returned; eps: added to the mean square in the RMS norms.
+
+    Returns:
+        lengths int32 [B] = clamp(round(raw), 0, k_max) with round half to even (NaN -> 0),
+        raw float32 [B], max_len int32 [1] (0 for an empty batch).
+    """
+
+    def rms_norm(v: torch.Tensor) -> torch.Tensor:
+        v = v.float()
+        return v * torch.rsqrt(v.pow(2).mean(dim=-1, keepdim=True) + eps)
+
+    x = torch.cat([rms_norm(emb), rms_norm(hidden)], dim=-1) @ w_in.float().T + b_in.float()
+    for layer in range(w_blocks.shape[0]):
+        x = x + torch.nn.functional.silu(x @ w_blocks[layer].float().T + b_blocks[layer].float())
+    raw = (x @ w_out.float().T + b_out.float()).squeeze(-1)
+    lengths = torch.round(raw).nan_to_num(0.0).clamp(0, k_max).to(torch.int32)
+    max_len = lengths.amax().reshape(1) if lengths.numel() else lengths.new_zeros(1)
+    return lengths, raw, max_len
+
+
 # linear

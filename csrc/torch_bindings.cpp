@@ -16,6 +16,8 @@
 #include "adaeagle/verify_greedy.h"
 #include "cpu/verify_sampling.h"
 #include "adaeagle/verify_sampling.h"
+#include "cpu/ldlp_mlp.h"
+#include "adaeagle/ldlp_mlp.h"
 
 #ifdef ADAEAGLE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -448,6 +450,117 @@ TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("verify_sampling", &verify_sampli
 
 // ---------------------------------------------------------------------------------------------
 // ldlp_mlp
+
+namespace {
+
+LdlpDtype ldlp_dtype(const at::Tensor& t, const char* name) {
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "ldlp_mlp: ", name,
+              " must be float32 or bfloat16, got ", dtype);
+  return dtype == at::kBFloat16 ? kLdlpBFloat16 : kLdlpFloat32;
+}
+
+// Checks every argument; returns {act dtype, weight dtype}.
+std::pair<LdlpDtype, LdlpDtype> check_ldlp_mlp(
+    const at::Tensor& emb, const at::Tensor& hidden, const at::Tensor& w_in,
+    const at::Tensor& b_in, const at::Tensor& w_blocks, const at::Tensor& b_blocks,
+    const at::Tensor& w_out, const at::Tensor& b_out, int64_t k_max, double eps,
+    const at::Tensor& lengths, const std::optional<at::Tensor>& raw,
+    const std::optional<at::Tensor>& max_len) {
+  constexpr const char* op = "ldlp_mlp";
+  const auto dev = emb.device();
+  const LdlpDtype act = ldlp_dtype(emb, "emb");
+  check_tensor(emb, op, "emb", emb.scalar_type(), 2, dev);
+  const int64_t batch = emb.size(0);
+  const int64_t hidden_size = emb.size(1);
+  TORCH_CHECK(hidden_size >= 1, op, ": emb.size(1) (hidden size H) must be >= 1, got shape ",
+              emb.sizes());
+  check_tensor(hidden, op, "hidden (same dtype as emb)", emb.scalar_type(), 2, dev);
+  check_size(hidden, op, "hidden", 0, batch);
+  check_size(hidden, op, "hidden", 1, hidden_size);
+
+  const LdlpDtype weight = ldlp_dtype(w_in, "w_in");
+  const auto wt = w_in.scalar_type();
+  check_tensor(w_in, op, "w_in", wt, 2, dev);
+  const int64_t width = w_in.size(0);
+  TORCH_CHECK(width >= 1 && width <= kLdlpMaxWidth, op, ": w_in.size(0) (width W) must be in [1, ",
+              kLdlpMaxWidth, "], got shape ", w_in.sizes());
+  check_size(w_in, op, "w_in", 1, 2 * hidden_size);
+  check_tensor(b_in, op, "b_in (same dtype as w_in)", wt, 1, dev);
+  check_size(b_in, op, "b_in", 0, width);
+  check_tensor(w_blocks, op, "w_blocks (same dtype as w_in)", wt, 3, dev);
+  check_size(w_blocks, op, "w_blocks", 0, kLdlpBlocks);
+  check_size(w_blocks, op, "w_blocks", 1, width);
+  check_size(w_blocks, op, "w_blocks", 2, width);
+  check_tensor(b_blocks, op, "b_blocks (same dtype as w_in)", wt, 2, dev);
+  check_size(b_blocks, op, "b_blocks", 0, kLdlpBlocks);
+  check_size(b_blocks, op, "b_blocks", 1, width);
+  check_tensor(w_out, op, "w_out (same dtype as w_in)", wt, 2, dev);
+  check_size(w_out, op, "w_out", 0, 1);
+  check_size(w_out, op, "w_out", 1, width);
+  check_tensor(b_out, op, "b_out (same dtype as w_in)", wt, 1, dev);
+  check_size(b_out, op, "b_out", 0, 1);
+
+  TORCH_CHECK(k_max >= 0 && k_max <= INT32_MAX, op, ": k_max must be in [0, 2^31), got ", k_max);
+  TORCH_CHECK(eps > 0.0 && static_cast<float>(eps) > 0.0f, op,
+              ": eps must be > 0 (and representable as float32), got ", eps);
+
+  check_tensor(lengths, op, "lengths", at::kInt, 1, dev);
+  check_size(lengths, op, "lengths", 0, batch);
+  if (raw.has_value()) {
+    check_tensor(*raw, op, "raw", at::kFloat, 1, dev);
+    check_size(*raw, op, "raw", 0, batch);
+  }
+  if (max_len.has_value()) {
+    check_tensor(*max_len, op, "max_len", at::kInt, 1, dev);
+    check_size(*max_len, op, "max_len", 0, 1);
+  }
+  return {act, weight};
+}
+
+void ldlp_mlp_cpu(const at::Tensor& emb, const at::Tensor& hidden, const at::Tensor& w_in,
+                  const at::Tensor& b_in, const at::Tensor& w_blocks, const at::Tensor& b_blocks,
+                  const at::Tensor& w_out, const at::Tensor& b_out, int64_t k_max, double eps,
+                  const at::Tensor& lengths, const std::optional<at::Tensor>& raw,
+                  const std::optional<at::Tensor>& max_len) {
+  const auto [act, weight] = check_ldlp_mlp(emb, hidden, w_in, b_in, w_blocks, b_blocks, w_out,
+                                            b_out, k_max, eps, lengths, raw, max_len);
+  cpu::ldlp_mlp(emb.data_ptr(), hidden.data_ptr(), act, w_in.data_ptr(), b_in.data_ptr(),
+                w_blocks.data_ptr(), b_blocks.data_ptr(), w_out.data_ptr(), b_out.data_ptr(),
+                weight, emb.size(0), emb.size(1), w_in.size(0), static_cast<int32_t>(k_max),
+                static_cast<float>(eps), lengths.data_ptr<int32_t>(),
+                raw.has_value() ? raw->data_ptr<float>() : nullptr,
+                max_len.has_value() ? max_len->data_ptr<int32_t>() : nullptr);
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void ldlp_mlp_cuda(const at::Tensor& emb, const at::Tensor& hidden, const at::Tensor& w_in,
+                   const at::Tensor& b_in, const at::Tensor& w_blocks, const at::Tensor& b_blocks,
+                   const at::Tensor& w_out, const at::Tensor& b_out, int64_t k_max, double eps,
+                   const at::Tensor& lengths, const std::optional<at::Tensor>& raw,
+                   const std::optional<at::Tensor>& max_len) {
+  const auto [act, weight] = check_ldlp_mlp(emb, hidden, w_in, b_in, w_blocks, b_blocks, w_out,
+                                            b_out, k_max, eps, lengths, raw, max_len);
+  TORCH_CHECK(emb.size(0) <= INT32_MAX, "ldlp_mlp: batch too large for the CUDA kernel");
+  const c10::cuda::CUDAGuard guard(emb.device());
+  ADAEAGLE_CUDA_CHECK(launch_ldlp_mlp(
+      emb.data_ptr(), hidden.data_ptr(), act, w_in.data_ptr(), b_in.data_ptr(),
+      w_blocks.data_ptr(), b_blocks.data_ptr(), w_out.data_ptr(), b_out.data_ptr(), weight,
+      static_cast<int>(emb.size(0)), static_cast<int>(emb.size(1)),
+      static_cast<int>(w_in.size(0)), static_cast<int32_t>(k_max), static_cast<float>(eps),
+      lengths.data_ptr<int32_t>(), raw.has_value() ? raw->data_ptr<float>() : nullptr,
+      max_len.has_value() ? max_len->data_ptr<int32_t>() : nullptr,
+      at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("ldlp_mlp", &ldlp_mlp_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("ldlp_mlp", &ldlp_mlp_cuda); }
+#endif
+
 
 // ---------------------------------------------------------------------------------------------
 // linear
