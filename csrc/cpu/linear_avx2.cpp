@@ -26,6 +26,7 @@ bool cpu_has_avx2_fma_f16c() {
 namespace {
 
 constexpr int kChunk = 32;  // weights per step: one quant block, or 32 plain weights
+constexpr int kPrefetchTiles = 2;
 
 ADAEAGLE_AVX2_INLINE __m256 load_f16_scalar(const uint8_t* p) {
   return _mm256_set1_ps(_cvtsh_ss(load_u16(p)));
@@ -145,7 +146,20 @@ ADAEAGLE_AVX2 void tile(const LinearArgs& a, int64_t m0, int64_t n0) {
     for (int n = 0; n < NT; ++n) acc[m][n] = _mm256_setzero_ps();
   }
   const int64_t chunks = a.k / kChunk;
+  // The hardware prefetchers lose track of NT short interleaved row streams, so the first
+  // row tile walks the weights kPrefetchTiles tiles ahead linearly (prefetches never fault).
+  const bool prefetch = m0 == 0 && chunks > 0;
+  const uintptr_t pf_begin = reinterpret_cast<uintptr_t>(rows[0]) +
+                             kPrefetchTiles * NT * static_cast<uintptr_t>(a.row_bytes);
+  const uintptr_t pf_step = (NT * static_cast<uintptr_t>(a.row_bytes) + chunks - 1) /
+                            (chunks > 0 ? chunks : 1);
   for (int64_t c = 0; c < chunks; ++c) {
+    if (prefetch) {
+      const uintptr_t lo = pf_begin + c * pf_step, hi = lo + pf_step;
+      for (uintptr_t line = lo & ~uintptr_t{63}; line < hi; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
+      }
+    }
     Chunk<Type> w[NT];
     for (int n = 0; n < NT; ++n) w[n].load(rows[n], c);
     for (int j = 0; j < kChunk / 8; ++j) {
