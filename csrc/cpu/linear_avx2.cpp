@@ -9,6 +9,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 #include "adaeagle/gguf_blocks.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -134,13 +136,21 @@ ADAEAGLE_AVX2_INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
+// Where a tile reads its NT weight rows: the packed rows themselves, or their dequantised
+// copy (as F32 rows, bit-identical values).
+struct RowSource {
+  const uint8_t* first;  // weight row of output n0
+  int64_t row_bytes;
+  bool prefetch;         // walk the rows kPrefetchTiles tiles ahead
+};
+
 // Outputs [m0, m0 + MT) x [n0, n0 + NT).
 template <int Type, int MT, int NT>
-ADAEAGLE_AVX2 void tile(const LinearArgs& a, int64_t m0, int64_t n0) {
+ADAEAGLE_AVX2 void tile(const LinearArgs& a, const RowSource& src, int64_t m0, int64_t n0) {
   __m256 acc[MT][NT];
   const uint8_t* rows[NT];
   const float* xs[MT];
-  for (int n = 0; n < NT; ++n) rows[n] = a.w + (n0 + n) * a.row_bytes;
+  for (int n = 0; n < NT; ++n) rows[n] = src.first + n * src.row_bytes;
   for (int m = 0; m < MT; ++m) {
     xs[m] = a.x + (m0 + m) * a.k;
     for (int n = 0; n < NT; ++n) acc[m][n] = _mm256_setzero_ps();
@@ -148,10 +158,10 @@ ADAEAGLE_AVX2 void tile(const LinearArgs& a, int64_t m0, int64_t n0) {
   const int64_t chunks = a.k / kChunk;
   // The hardware prefetchers lose track of NT short interleaved row streams, so the first
   // row tile walks the weights kPrefetchTiles tiles ahead linearly (prefetches never fault).
-  const bool prefetch = m0 == 0 && chunks > 0;
+  const bool prefetch = src.prefetch && m0 == 0 && chunks > 0;
   const uintptr_t pf_begin = reinterpret_cast<uintptr_t>(rows[0]) +
-                             kPrefetchTiles * NT * static_cast<uintptr_t>(a.row_bytes);
-  const uintptr_t pf_step = (NT * static_cast<uintptr_t>(a.row_bytes) + chunks - 1) /
+                             kPrefetchTiles * NT * static_cast<uintptr_t>(src.row_bytes);
+  const uintptr_t pf_step = (NT * static_cast<uintptr_t>(src.row_bytes) + chunks - 1) /
                             (chunks > 0 ? chunks : 1);
   for (int64_t c = 0; c < chunks; ++c) {
     if (prefetch) {
@@ -195,32 +205,70 @@ ADAEAGLE_AVX2 void tile(const LinearArgs& a, int64_t m0, int64_t n0) {
 
 // NT output rows starting at n0, for all M rows: 4 rows at a time, then the rest.
 template <int Type, int NT>
-ADAEAGLE_AVX2 void all_rows(const LinearArgs& a, int64_t n0) {
+ADAEAGLE_AVX2 void all_rows(const LinearArgs& a, const RowSource& src, int64_t n0) {
   int64_t m0 = 0;
-  for (; m0 + 4 <= a.m; m0 += 4) tile<Type, 4, NT>(a, m0, n0);
+  for (; m0 + 4 <= a.m; m0 += 4) tile<Type, 4, NT>(a, src, m0, n0);
   switch (a.m - m0) {
-    case 3: tile<Type, 3, NT>(a, m0, n0); break;
-    case 2: tile<Type, 2, NT>(a, m0, n0); break;
-    case 1: tile<Type, 1, NT>(a, m0, n0); break;
+    case 3: tile<Type, 3, NT>(a, src, m0, n0); break;
+    case 2: tile<Type, 2, NT>(a, src, m0, n0); break;
+    case 1: tile<Type, 1, NT>(a, src, m0, n0); break;
     default: break;
   }
 }
 
+// Dequantises weight rows [n0, n0 + count) into dst [count, K] fp32 (the values the tiles
+// would decode in registers).
+template <int Type>
+ADAEAGLE_AVX2 void dequantize_rows(const LinearArgs& a, int64_t n0, int count, float* dst) {
+  const int64_t chunks = a.k / kChunk;
+  for (int r = 0; r < count; ++r) {
+    const uint8_t* row = a.w + (n0 + r) * a.row_bytes;
+    float* out = dst + r * a.k;
+    for (int64_t c = 0; c < chunks; ++c) {
+      Chunk<Type> w;
+      w.load(row, c);
+      for (int j = 0; j < kChunk / 8; ++j) _mm256_storeu_ps(out + c * kChunk + 8 * j, w.group(j));
+    }
+    for (int64_t k = chunks * kChunk; k < a.k; ++k) out[k] = gguf_weight(Type, row, k);
+  }
+}
+
+// From this many rows on, each pair of quantised weight rows is dequantised once into an
+// L1-resident fp32 copy instead of once per 4-row tile.
+constexpr int64_t kDequantOnceRows = 8;
+
 // Tile shape by M: wide in N when there are few rows (more independent accumulators and x
-// reuse), tall in M otherwise (weight groups dequantised once for 4 rows).
+// reuse), tall in M otherwise (weight groups decoded once for 4 rows, or once for all rows).
 template <int Type>
 ADAEAGLE_AVX2 void rows_of_type(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
   int64_t n0 = n_begin;
+  auto direct = [&](int64_t n) {
+    return RowSource{a.w + n * a.row_bytes, a.row_bytes, true};
+  };
   if (a.m == 1) {
-    for (; n0 + 8 <= n_end; n0 += 8) tile<Type, 1, 8>(a, 0, n0);
+    for (; n0 + 8 <= n_end; n0 += 8) tile<Type, 1, 8>(a, direct(n0), 0, n0);
   } else if (a.m == 2) {
-    for (; n0 + 4 <= n_end; n0 += 4) tile<Type, 2, 4>(a, 0, n0);
+    for (; n0 + 4 <= n_end; n0 += 4) tile<Type, 2, 4>(a, direct(n0), 0, n0);
   } else if (a.m == 3) {
-    for (; n0 + 4 <= n_end; n0 += 4) tile<Type, 3, 4>(a, 0, n0);
+    for (; n0 + 4 <= n_end; n0 += 4) tile<Type, 3, 4>(a, direct(n0), 0, n0);
+  } else if (Type == kGgmlF32 || Type == kGgmlF16 || Type == kGgmlBF16 ||
+             a.m < kDequantOnceRows) {
+    for (; n0 + 2 <= n_end; n0 += 2) all_rows<Type, 2>(a, direct(n0), n0);
   } else {
-    for (; n0 + 2 <= n_end; n0 += 2) all_rows<Type, 2>(a, n0);
+    std::vector<float> scratch(static_cast<size_t>(2 * a.k));
+    const RowSource copy{reinterpret_cast<const uint8_t*>(scratch.data()), 4 * a.k, false};
+    for (; n0 < n_end; n0 += 2) {
+      const int count = n0 + 2 <= n_end ? 2 : 1;
+      dequantize_rows<Type>(a, n0, count, scratch.data());
+      if (count == 2) {
+        all_rows<kGgmlF32, 2>(a, copy, n0);
+      } else {
+        all_rows<kGgmlF32, 1>(a, copy, n0);
+      }
+    }
+    return;
   }
-  for (; n0 < n_end; ++n0) all_rows<Type, 1>(a, n0);
+  for (; n0 < n_end; ++n0) all_rows<Type, 1>(a, direct(n0), n0);
 }
 
 }  // namespace
