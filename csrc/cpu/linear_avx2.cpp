@@ -124,7 +124,8 @@ struct Chunk<kGgmlQ4_1> {
     q = blk + 4;
   }
   ADAEAGLE_AVX2_INLINE __m256 group(int j) const {
-    // d * q rounded, then + m rounded, as gguf does (no FMA here).
+    // d * q is exact in fp32 (4 x 11 significant bits), so one rounding of d * q + m,
+    // fused or not, gives gguf's value.
     return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q4_group(q, j)), d), m);
   }
 };

@@ -109,7 +109,8 @@ ADAEAGLE_HD int q4_nibble(const uint8_t* qs, int j) {
 }
 
 // Weight k (0 <= k < K) of one packed row of `type`, in fp32: the value gguf.quants.dequantize
-// gives (Q4_1 is d * q, rounded, plus m, rounded: no fused multiply-add).
+// gives. d * q is exact in fp32 (q has at most 8 bits, d 11), so a compiler that fuses Q4_1's
+// d * q + m into one multiply-add still rounds once, like gguf.
 ADAEAGLE_HD float gguf_weight(int type, const uint8_t* row, int64_t k) {
   switch (type) {
     case kGgmlF32: return bits_to_f32(load_u32(row + 4 * k));
