@@ -61,10 +61,6 @@ void linear_rows_scalar(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
   }
 }
 
-const char* linear_isa_name() {
-  return pick_isa() == LinearIsa::kAvx2 ? "avx2" : "scalar";
-}
-
 void linear(const void* x, bool x_bf16, const uint8_t* w, int64_t row_bytes, int type,
             const float* bias, void* y, bool y_bf16, int64_t m, int64_t n, int64_t k) {
   const LinearIsa isa = pick_isa();

@@ -32,9 +32,6 @@ struct LinearArgs {
 void linear(const void* x, bool x_bf16, const uint8_t* w, int64_t row_bytes, int type,
             const float* bias, void* y, bool y_bf16, int64_t m, int64_t n, int64_t k);
 
-// The name of the ISA a call would use now ("avx2" or "scalar").
-const char* linear_isa_name();
-
 // Output rows [n_begin, n_end) for all M rows; the AVX2 variant lives in linear_avx2.cpp.
 void linear_rows_scalar(const LinearArgs& a, int64_t n_begin, int64_t n_end);
 void linear_rows_avx2(const LinearArgs& a, int64_t n_begin, int64_t n_end);
