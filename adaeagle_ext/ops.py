@@ -425,6 +425,76 @@ def ldlp_mlp(
 # ---------------------------------------------------------------------------------------------
 # linear
 
+from adaeagle_ext.ref import (  # noqa: E402, F401  (the ggml type numbers)
+    GGML_BF16,
+    GGML_BLOCKS,
+    GGML_F16,
+    GGML_F32,
+    GGML_Q4_0,
+    GGML_Q4_1,
+    GGML_Q8_0,
+)
+
+
+def ggml_row_bytes(ggml_type: int, k: int) -> int:
+    """Bytes of one packed row of K weights of ``ggml_type`` (K a multiple of its block)."""
+    if ggml_type not in GGML_BLOCKS:
+        raise ValueError(f"ggml type {ggml_type} is not supported by linear; supported: "
+                         f"{sorted(GGML_BLOCKS)}")
+    block, nbytes = GGML_BLOCKS[ggml_type]
+    if k % block:
+        raise ValueError(f"K={k} is not a multiple of {block}, the block size of type {ggml_type}")
+    return k // block * nbytes
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    ggml_type: int,
+    bias: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``y = x @ W.T + bias`` with W kept in its packed GGUF blocks, batch-invariant.
+
+    Every output element is summed in one fixed order (8 fp32 lanes over k, fused
+    multiply-adds, a fixed lane tree; see ``csrc/cpu/linear.h``) whatever the number of rows,
+    the other rows or the thread count, so a row computed alone is bit-identical to the same
+    row inside any batch. Weights are dequantised in registers exactly as
+    ``gguf.quants.dequantize`` does; accumulation is fp32.
+
+    Args:
+        x: [..., K] float32 or bfloat16.
+        weight: uint8 [N, row_bytes], row n = output n's K weights in ggml blocks of
+            ``ggml_type``: F32 (0), F16 (1), Q4_0 (2), Q4_1 (3), Q8_0 (8) or BF16 (30);
+            K must be a multiple of the block size (32 for the Q types).
+        ggml_type: the ggml type number (``gguf.GGMLQuantizationType``).
+        bias: optional float32 [N], added last.
+        out: optional [..., N] output (float32 or x's dtype) written in place (the hot path).
+        out_dtype: dtype of the allocated output when ``out`` is None: x's dtype by default,
+            or torch.float32 (the fp32 sum, unrounded).
+
+    Returns:
+        y [..., N]: the fp32 sum, rounded once to the output dtype.
+
+    The CPU kernel is chosen at each call: AVX2+FMA+F16C when the CPU has them, else a
+    portable loop with the same order; ``ADAEAGLE_LINEAR_ISA=scalar`` forces the latter.
+    """
+    k = x.shape[-1]
+    n = weight.shape[0]
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if out is None:
+        out = torch.empty(*x.shape[:-1], n, dtype=out_dtype or x.dtype, device=x.device)
+    elif out.shape != (*x.shape[:-1], n):
+        raise ValueError(f"linear: out must have shape {(*x.shape[:-1], n)}, got "
+                         f"{tuple(out.shape)}")
+    _op("linear")(x2, weight, ggml_type, bias, out.view(x2.shape[0], n))
+    return out
+
+
 
 # ---------------------------------------------------------------------------------------------
 # fake (meta) implementations: every op only writes its outputs in place, so one no-op serves

@@ -414,3 +414,75 @@ def ldlp_mlp(
 
 
 # linear
+
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 3, 8, 30
+
+# ggml type -> (weights per block, bytes per block), as in gguf.GGML_QUANT_SIZES.
+GGML_BLOCKS = {
+    GGML_F32: (1, 4),
+    GGML_F16: (1, 2),
+    GGML_Q4_0: (32, 18),
+    GGML_Q4_1: (32, 20),
+    GGML_Q8_0: (32, 34),
+    GGML_BF16: (1, 2),
+}
+
+
+def _fp16_field(blocks: torch.Tensor, offset: int) -> torch.Tensor:
+    """The little-endian fp16 at byte `offset` of every block, as float32 [..., 1]."""
+    return blocks[..., offset:offset + 2].contiguous().view(torch.float16).float()
+
+
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """16 payload bytes -> 32 values: byte j's low nibble is value j, its high one j + 16."""
+    return torch.cat([qs & 0x0F, qs >> 4], dim=-1).to(torch.int32)
+
+
+def dequantize(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
+    """Packed GGUF rows -> float32 weights, bit-identical to ``gguf.quants.dequantize``.
+
+    Args:
+        data: uint8 [N, row_bytes], each row K weights in ggml blocks (F32, F16, BF16, Q4_0,
+            Q4_1 or Q8_0; see ``csrc/include/adaeagle/gguf_blocks.h`` for the layouts).
+        ggml_type: the ggml type number.
+
+    Returns:
+        float32 [N, K].
+    """
+    if ggml_type not in GGML_BLOCKS:
+        raise ValueError(f"unsupported ggml type {ggml_type}")
+    block, nbytes = GGML_BLOCKS[ggml_type]
+    rows = data.shape[0]
+    data = data.contiguous()
+    if ggml_type == GGML_F32:
+        return data.view(torch.float32).clone()
+    if ggml_type == GGML_F16:
+        return data.view(torch.float16).float()
+    if ggml_type == GGML_BF16:
+        return data.view(torch.bfloat16).float()
+    blocks = data.view(rows, -1, nbytes)
+    d = _fp16_field(blocks, 0)
+    if ggml_type == GGML_Q8_0:
+        w = blocks[..., 2:].contiguous().view(torch.int8).float() * d
+    elif ggml_type == GGML_Q4_0:
+        w = (_nibbles(blocks[..., 2:]) - 8).float() * d
+    else:  # Q4_1: d * q rounded, then + m rounded
+        w = d * _nibbles(blocks[..., 4:]).float() + _fp16_field(blocks, 2)
+    return w.reshape(rows, -1)
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, ggml_type: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reference of ``ops.linear``: dequantise, then an fp32 matmul.
+
+    Args:
+        x: [M, K] float32 or bfloat16.
+        weight: uint8 [N, row_bytes], packed GGUF rows of ``ggml_type``.
+        bias: optional float32 [N].
+
+    Returns:
+        float32 [M, N] = x @ dequantize(weight).T + bias.
+    """
+    y = x.float() @ dequantize(weight, ggml_type).T
+    return y if bias is None else y + bias.float()

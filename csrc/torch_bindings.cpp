@@ -18,6 +18,8 @@
 #include "adaeagle/verify_sampling.h"
 #include "cpu/ldlp_mlp.h"
 #include "adaeagle/ldlp_mlp.h"
+#include "cpu/linear.h"
+#include "adaeagle/gguf_blocks.h"
 
 #ifdef ADAEAGLE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -564,5 +566,93 @@ TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("ldlp_mlp", &ldlp_mlp_cuda); }
 
 // ---------------------------------------------------------------------------------------------
 // linear
+
+namespace {
+
+// Names of the ggml types a GGUF file may hold, for the error on an unsupported one.
+const char* any_ggml_type_name(int64_t type) {
+  switch (type) {
+    case 6: return "Q5_0";
+    case 7: return "Q5_1";
+    case 9: return "Q8_1";
+    case 10: return "Q2_K";
+    case 11: return "Q3_K";
+    case 12: return "Q4_K";
+    case 13: return "Q5_K";
+    case 14: return "Q6_K";
+    case 15: return "Q8_K";
+    case 20: return "IQ4_NL";
+    case 23: return "IQ4_XS";
+    case 24: return "I8";
+    case 25: return "I16";
+    case 26: return "I32";
+    case 27: return "I64";
+    case 28: return "F64";
+    default: return ggml_type_supported(static_cast<int>(type)) ?
+                        ggml_type_name(static_cast<int>(type)) : "unknown";
+  }
+}
+
+void check_linear(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
+                  const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+  constexpr const char* op = "linear";
+  const auto dev = x.device();
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+              ": x must be float32 or bfloat16, got ", x.scalar_type());
+  check_tensor(x, op, "x", x.scalar_type(), 2, dev);
+  check_tensor(weight, op, "weight", at::kByte, 2, dev);
+  TORCH_CHECK(ggml_type_supported(static_cast<int>(ggml_type)), op, ": ggml_type ", ggml_type,
+              " (", any_ggml_type_name(ggml_type), ") is not supported; supported: F32 (0), ",
+              "F16 (1), Q4_0 (2), Q4_1 (3), Q8_0 (8), BF16 (30)");
+  const int type = static_cast<int>(ggml_type);
+  const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
+  const int block = ggml_block_size(type);
+  TORCH_CHECK(k % block == 0, op, ": K=x.size(1)=", k, " must be a multiple of ", block,
+              ", the ", ggml_type_name(type), " block size");
+  const int64_t row_bytes = k / block * ggml_block_bytes(type);
+  TORCH_CHECK(weight.size(1) == row_bytes, op, ": weight.size(1) must be ", row_bytes,
+              " bytes (K=", k, " weights of ", ggml_type_name(type), "), got shape ",
+              weight.sizes());
+  if (bias.has_value()) {
+    check_tensor(*bias, op, "bias", at::kFloat, 1, dev);
+    check_size(*bias, op, "bias", 0, n);
+  }
+  TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == x.scalar_type(), op,
+              ": out must be float32 or x's dtype (", x.scalar_type(), "), got ",
+              out.scalar_type());
+  check_tensor(out, op, "out", out.scalar_type(), 2, dev);
+  check_size(out, op, "out", 0, m);
+  check_size(out, op, "out", 1, n);
+}
+
+void linear_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
+                const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+  check_linear(x, weight, ggml_type, bias, out);
+  cpu::linear(x.data_ptr(), x.scalar_type() == at::kBFloat16, weight.data_ptr<uint8_t>(),
+              weight.size(1), static_cast<int>(ggml_type),
+              bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr(),
+              out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1));
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void linear_cuda(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
+                 const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+  check_linear(x, weight, ggml_type, bias, out);
+  const c10::cuda::CUDAGuard guard(x.device());
+  ADAEAGLE_CUDA_CHECK(launch_linear(
+      x.data_ptr(), x.scalar_type() == at::kBFloat16, weight.data_ptr<uint8_t>(),
+      static_cast<int>(ggml_type), weight.size(1),
+      bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr(),
+      out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1),
+      at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("linear", &linear_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("linear", &linear_cuda); }
+#endif
 
 }  // namespace adaeagle
