@@ -86,6 +86,7 @@ class GGUFCheckpoint:
         reader = _open(self.path)
         self.metadata = {k: _field_value(f) for k, f in reader.fields.items()
                          if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
+        self.has_tokenizer = "tokenizer.ggml.tokens" in reader.fields
         self.arch = self.metadata.get("general.architecture")
         if self.arch not in SUPPORTED_ARCHS:
             raise GGUFError(f"{self.path}: architecture {self.arch!r} is not supported "
