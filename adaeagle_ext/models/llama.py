@@ -205,4 +205,5 @@ def build_model(config: LlamaConfig, weights: dict[str, torch.Tensor],
     state = {k: given[k].to(dtype) for k in wanted}
     model.load_state_dict(state, assign=True)
     model.inv_freq = config.inv_freq()
+    model.requires_grad_(False)
     return model.eval()
