@@ -140,7 +140,8 @@ def main(argv=None) -> int:
             entry["hf"] = summarize(hf_runs)
             entry["hf_runs"] = hf_runs
             entry["speedup_vs_hf"] = entry["ours"]["tokens_per_s"] / entry["hf"]["tokens_per_s"]
-            entry["same_tokens_as_hf"] = [o == h["token_ids"] for o, h in zip(ours_ids, hf_runs)]
+            entry["same_tokens_as_hf"] = [
+                o == h["token_ids"] for o, h in zip(ours_ids, hf_runs, strict=True)]
         report["results"][dtype] = entry
         print(json.dumps({k: v for k, v in entry.items() if not k.endswith("_runs")}, indent=1))
         del pipe
@@ -179,8 +180,10 @@ def markdown(r) -> str:
         hf = e.get("hf", {})
         lines.append(
             f"| {dtype} | {e['ours']['tokens_per_s']:.1f} | "
-            f"{e['ours']['decode_tokens_per_s']:.1f} | {hf.get('tokens_per_s', float('nan')):.1f} | "
-            f"{e.get('speedup_vs_hf', float('nan')):.2f} | {e['weight_bytes_per_step'] / 1e6:.0f} | "
+            f"{e['ours']['decode_tokens_per_s']:.1f} | "
+            f"{hf.get('tokens_per_s', float('nan')):.1f} | "
+            f"{e.get('speedup_vs_hf', float('nan')):.2f} | "
+            f"{e['weight_bytes_per_step'] / 1e6:.0f} | "
             f"{e['achieved_bandwidth_gbs']:.2f} | {100 * e['bandwidth_fraction']:.0f}% | "
             f"{sum(e.get('same_tokens_as_hf', [])) }/{len(e.get('same_tokens_as_hf', []))} |")
     return "\n".join(lines) + "\n"

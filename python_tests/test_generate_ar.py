@@ -40,7 +40,7 @@ def test_greedy_matches_transformers_generate(model, weights):
 
 def test_batched_equals_per_prompt(model):
     batched, stats = generate_ids(model, PROMPTS, max_new_tokens=12)
-    for prompt, got in zip(PROMPTS, batched):
+    for prompt, got in zip(PROMPTS, batched, strict=True):
         (alone,), _ = generate_ids(model, [prompt], max_new_tokens=12)
         assert got.token_ids == alone.token_ids
     assert stats.new_tokens == 12 * len(PROMPTS)

@@ -145,11 +145,11 @@ def pack_q6_k(d, scales, q):
     ql = np.zeros(128, np.uint8)
     qh = np.zeros(64, np.uint8)
     for h in range(2):
-        for l in range(32):
-            a, b, c, e = (q[128 * h + 32 * k + l] for k in range(4))
-            ql[64 * h + l] = (a & 0xF) | ((c & 0xF) << 4)
-            ql[64 * h + l + 32] = (b & 0xF) | ((e & 0xF) << 4)
-            qh[32 * h + l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)
+        for j in range(32):
+            a, b, c, e = (q[128 * h + 32 * k + j] for k in range(4))
+            ql[64 * h + j] = (a & 0xF) | ((c & 0xF) << 4)
+            ql[64 * h + j + 32] = (b & 0xF) | ((e & 0xF) << 4)
+            qh[32 * h + j] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6)
     tail = np.array([d], np.float16).view(np.uint8)
     return np.concatenate([ql, qh, scales.astype(np.int8).view(np.uint8), tail])
 

@@ -58,7 +58,8 @@ def tree_inputs(parents: torch.Tensor, tree_indptr: torch.Tensor, prefix_lens: t
     par = parents.to(torch.int64)
     root = par < 0
     if bool((root != (local == 0)).any()) or bool((par >= local).any()):
-        raise ValueError("parents must hold -1 at each local node 0 and 0 <= parents[i] < i elsewhere")
+        raise ValueError(
+            "parents must hold -1 at each local node 0 and 0 <= parents[i] < i elsewhere")
     glob_parent = torch.where(root, torch.arange(n), start + par)
     acc = torch.bitwise_left_shift(torch.ones((), dtype=torch.int64), local)
     anc = glob_parent

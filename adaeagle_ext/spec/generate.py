@@ -1,4 +1,4 @@
-"""The generation loop shared by every method: prefill, then propose -> verify -> accept -> compact."""
+"""The generation loop shared by every method: prefill, then propose, verify, accept, compact."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def generate_ids(
     *,
     method: str | Strategy = "ar",
     max_new_tokens: int = 128,
-    sampling: SamplingParams = SamplingParams(),
+    sampling: SamplingParams | None = None,
     eos_ids: Sequence[int] = (),
     stop: Sequence[str] = (),
     decode: Callable[[list[int]], str] | None = None,
@@ -93,6 +93,7 @@ def generate_ids(
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    sampling = sampling or SamplingParams()
     strategy = make_strategy(method)
     batch = len(prompts)
     requests = [RequestState(i, p, max_new_tokens, eos_ids, stop, decode, stream)
