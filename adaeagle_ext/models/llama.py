@@ -1,0 +1,209 @@
+"""Lean Llama-family decoder whose one forward serves prefill, decode and tree verification."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaeagle_ext.models.attention import tree_attention
+from adaeagle_ext.models.config import LlamaConfig
+from adaeagle_ext.models.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight``, normalised in float32 and cast back (as HF does)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer: int):
+        super().__init__()
+        c = config
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size,
+                                bias=c.attention_out_bias)
+        self.scale = c.head_dim ** -0.5
+
+    def forward(self, x, cos, sin, rows, batch):
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        buf = batch.cache.buf
+        buf[self.layer, 0, batch.req, rows] = k.to(buf.dtype)
+        buf[self.layer, 1, batch.req, rows] = v.to(buf.dtype)
+        out = tree_attention(q, buf, self.layer, batch.prefix_lens, batch.tree_indptr,
+                             batch.mask_bits, self.scale)
+        return self.o_proj(out.reshape(n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, rows, batch):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, rows, batch)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _Batch:
+    """Per-call attention inputs shared by all layers."""
+
+    def __init__(self, cache, prefix_lens, tree_indptr, mask_bits, req):
+        self.cache, self.prefix_lens, self.tree_indptr = cache, prefix_lens, tree_indptr
+        self.mask_bits, self.req = mask_bits, req
+
+
+class LlamaModel(nn.Module):
+    """Decoder with HF parameter names (``model.layers.0.self_attn.q_proj.weight``, ...)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The target model: ``forward`` runs new tokens of a ragged batch of chains or trees."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.register_buffer("inv_freq", config.inv_freq(), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def lm_head_weight(self) -> torch.Tensor:
+        """[V, H]: the untied head or the (tied) embedding matrix."""
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def new_cache(self, batch: int, max_seq_len: int) -> KVCache:
+        """An empty static cache for ``batch`` requests of up to ``max_seq_len`` tokens."""
+        return KVCache(self.config, batch, max_seq_len, self.dtype,
+                       self.model.embed_tokens.weight.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        tree_indptr: torch.Tensor,
+        mask_bits: torch.Tensor,
+        prefix_lens: torch.Tensor,
+        cache: KVCache,
+        logit_rows: torch.Tensor | None = None,
+    ):
+        """Run N new tokens of B requests; write their K/V at ``prefix_lens[b] + local id``.
+
+        Args:
+            tokens: int64 [N], the nodes of all requests in CSR order.
+            positions: int64 [N], RoPE positions (``prefix_len + depth`` for a tree).
+            tree_indptr: int32 [B+1], request b owns nodes ``[indptr[b], indptr[b+1])``
+                (at most 64; a request may own none).
+            mask_bits: int64 [N], ancestor bit rows (see ``build_tree``).
+            prefix_lens: int32 [B], cached tokens of each request before its nodes.
+            cache: the KVCache with B requests (``cache.lens`` is not changed here).
+            logit_rows: optional int64 [M], the rows whose logits are wanted (all by default).
+
+        Returns:
+            logits float32 [N or M, V], hidden [N, H] (final-normed, model dtype).
+        """
+        n = tokens.numel()
+        b = tree_indptr.numel() - 1
+        if b != cache.batch or prefix_lens.numel() != b:
+            raise ValueError(
+                f"tree_indptr has {b} requests, prefix_lens {prefix_lens.numel()}, "
+                f"the cache {cache.batch}"
+            )
+        if positions.numel() != n or mask_bits.numel() != n or int(tree_indptr[-1]) != n:
+            raise ValueError(f"tokens, positions, mask_bits and tree_indptr[-1] must all be {n}")
+        indptr = tree_indptr.to(torch.int64)
+        sizes = indptr[1:] - indptr[:-1]
+        if n and int((prefix_lens.to(torch.int64) + sizes).max()) > cache.max_seq_len:
+            raise ValueError(f"the cache holds {cache.max_seq_len} tokens per request; "
+                             "this forward would write past it")
+        req = torch.repeat_interleave(torch.arange(b), sizes)
+        rows = prefix_lens.to(torch.int64)[req] + torch.arange(n) - indptr[req]
+        batch = _Batch(cache, prefix_lens, tree_indptr, mask_bits, req)
+
+        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos().to(self.dtype)[:, None, :]
+        sin = emb.sin().to(self.dtype)[:, None, :]
+
+        x = self.model.embed_tokens(tokens)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, rows, batch)
+        hidden = self.model.norm(x)
+        head_in = hidden if logit_rows is None else hidden[logit_rows]
+        logits = F.linear(head_in, self.lm_head_weight()).float()
+        return logits, hidden
+
+
+def build_model(config: LlamaConfig, weights: dict[str, torch.Tensor],
+                dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    """A LlamaForCausalLM holding ``weights`` (HF names, any float dtype) cast to ``dtype``.
+
+    Raises ValueError naming missing or unexpected tensors.
+    """
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    wanted = set(model.state_dict().keys())
+    given = dict(weights)
+    if config.tie_word_embeddings:
+        given.pop("lm_head.weight", None)
+    missing = sorted(wanted - given.keys())
+    extra = sorted(k for k in given.keys() - wanted if not k.endswith("rotary_emb.inv_freq"))
+    if missing or extra:
+        raise ValueError(f"weights do not match the config: missing {missing[:8]}, "
+                         f"unexpected {extra[:8]}")
+    state = {k: given[k].to(dtype) for k in wanted}
+    model.load_state_dict(state, assign=True)
+    model.inv_freq = config.inv_freq()
+    model.requires_grad_(False)
+    return model.eval()

@@ -1,0 +1,193 @@
+"""The generation loop shared by every method: prefill, then propose, verify, accept, compact."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from adaeagle_ext.models.kv_compact import kv_compact_
+from adaeagle_ext.models.llama import LlamaForCausalLM
+from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs, tree_inputs
+from adaeagle_ext.spec import ar as _ar  # noqa: F401  (registers "ar")
+from adaeagle_ext.spec.request import RequestState, StreamCallback
+from adaeagle_ext.spec.sampling import SamplingParams, sample
+from adaeagle_ext.spec.strategy import StepState, Strategy, make_strategy
+
+
+@dataclass
+class GenerationStats:
+    """Counters of one generate call (all requests together)."""
+
+    new_tokens: int = 0
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    forwards: int = 0
+    decode_steps: int = 0
+    accepted_per_step: list[float] = field(default_factory=list)
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of wall time, prefill included."""
+        return self.new_tokens / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean tokens committed per request per target step (tau, bonus token included)."""
+        a = self.accepted_per_step
+        return sum(a) / len(a) if a else 0.0
+
+    def as_dict(self) -> dict:
+        return dict(new_tokens=self.new_tokens, prompt_tokens=self.prompt_tokens,
+                    prefill_s=self.prefill_s, decode_s=self.decode_s, forwards=self.forwards,
+                    decode_steps=self.decode_steps, tokens_per_s=self.tokens_per_s,
+                    mean_accepted=self.mean_accepted)
+
+
+@dataclass
+class RequestOutput:
+    """token_ids: generated ids (no prompt, no EOS); finish_reason: "eos" | "stop" | "length"."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    prompt_len: int
+
+
+def generate_ids(
+    model: LlamaForCausalLM,
+    prompts: Sequence[Sequence[int]],
+    *,
+    method: str | Strategy = "ar",
+    max_new_tokens: int = 128,
+    sampling: SamplingParams | None = None,
+    eos_ids: Sequence[int] = (),
+    stop: Sequence[str] = (),
+    decode: Callable[[list[int]], str] | None = None,
+    stream: StreamCallback | None = None,
+    max_seq_len: int | None = None,
+) -> tuple[list[RequestOutput], GenerationStats]:
+    """Generate continuations of a batch of token-id prompts (of different lengths).
+
+    Args:
+        model: the target.
+        prompts: B lists of token ids (each non-empty).
+        method: a registered method name (``"ar"``, ...) or a Strategy instance.
+        max_new_tokens: per request; EOS is not counted.
+        sampling: temperature / top-k / top-p / seed (seed s gives request i seed s + i).
+        eos_ids: ids that end a request. stop: strings that end a request (needs ``decode``).
+        decode: token ids -> text. stream: called (request index, new text) during generation.
+        max_seq_len: cache rows per request (default: longest prompt + max_new_tokens + tree).
+
+    Returns:
+        (B RequestOutputs in prompt order, GenerationStats).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    sampling = sampling or SamplingParams()
+    strategy = make_strategy(method)
+    batch = len(prompts)
+    requests = [RequestState(i, p, max_new_tokens, eos_ids, stop, decode, stream)
+                for i, p in enumerate(prompts)]
+    need = max(len(p) for p in prompts) + max_new_tokens + strategy.max_tree_nodes
+    if max_seq_len is None:
+        max_seq_len = need
+    elif max_seq_len < need:
+        raise ValueError(f"max_seq_len={max_seq_len} is below the {need} rows this call needs")
+    if max_seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"prompt + max_new_tokens needs {max_seq_len} positions; the model "
+                         f"supports {model.config.max_position_embeddings}")
+    stats = GenerationStats(prompt_tokens=sum(len(p) for p in prompts))
+    seed = sampling.seed if sampling.seed is not None else int(torch.seed() % (1 << 62))
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
+    strategy.setup(model, batch)
+    cache = model.new_cache(batch, max_seq_len)
+
+    t0 = time.perf_counter()
+    last_logits = _prefill(model, cache, prompts, strategy, stats)
+    for b, r in enumerate(requests):
+        if not r.done:
+            r.commit([sample(last_logits[b], sampling, generators[b])])
+        r.flush_stream()
+    stats.prefill_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    while not all(r.done for r in requests):
+        active = torch.tensor([not r.done for r in requests])
+        state = StepState(
+            roots=torch.tensor([r.history[-1] for r in requests], dtype=torch.int64),
+            active=active, prefix_lens=cache.lens.clone(),
+            history=[r.history for r in requests], sampling=sampling, generators=generators)
+        tree = strategy.propose(state)
+        _check_tree(tree, state)
+        if tree.is_chain:
+            sizes = tree.tree_indptr[1:] - tree.tree_indptr[:-1]
+            positions, _, mask_bits = chain_inputs(sizes, state.prefix_lens)
+        else:
+            positions, mask_bits = tree_inputs(tree.parents, tree.tree_indptr, state.prefix_lens)
+        logits, hidden = model(tree.tokens, positions, tree.tree_indptr, mask_bits,
+                               state.prefix_lens, cache)
+        stats.forwards += 1
+        stats.decode_steps += 1
+        acc = strategy.verify(state, tree, logits)
+        acc.accept_len.masked_fill_(~active, -1)  # idle requests keep their length
+        kv_compact_(cache, acc.accept_local.clamp(min=0), acc.accept_len, state.prefix_lens)
+        acc.accept_len.clamp_(min=0)
+        out_rows = acc.out_tokens.tolist()
+        for b in active.nonzero().flatten().tolist():
+            n_new = int(acc.accept_len[b]) + 1
+            requests[b].commit(out_rows[b][:n_new])
+            stats.accepted_per_step.append(float(n_new))
+        strategy.observe(state, tree, acc, hidden)
+        for r in requests:
+            r.flush_stream()
+    stats.decode_s = time.perf_counter() - t0
+
+    outputs = [RequestOutput(r.out_ids, r.text, r.finish_reason or "length", len(r.prompt_ids))
+               for r in requests]
+    stats.new_tokens = sum(len(o.token_ids) for o in outputs)
+    return outputs, stats
+
+
+def _prefill(model, cache, prompts, strategy, stats) -> torch.Tensor:
+    """Run all prompts through the target in chains of <= 64 tokens; logits [B, V] of each
+    prompt's last token."""
+    batch = len(prompts)
+    lens = [len(p) for p in prompts]
+    last = [None] * batch
+    for start in range(0, max(lens), MAX_TREE_NODES):
+        sizes = torch.tensor([max(0, min(MAX_TREE_NODES, n - start)) for n in lens])
+        prefix = torch.tensor([min(start, n) for n in lens], dtype=torch.int32)
+        positions, indptr, mask_bits = chain_inputs(sizes, prefix)
+        tokens = torch.tensor([t for p in prompts for t in p[start:start + MAX_TREE_NODES]],
+                              dtype=torch.int64)
+        ends = indptr[1:].to(torch.int64) - 1
+        finishing = [b for b in range(batch) if sizes[b] > 0 and start + sizes[b] == lens[b]]
+        rows = ends[finishing]
+        logits, hidden = model(tokens, positions, indptr, mask_bits, prefix, cache,
+                               logit_rows=rows)
+        stats.forwards += 1
+        for i, b in enumerate(finishing):
+            last[b] = logits[i]
+        strategy.observe_prefill(tokens, hidden, indptr)
+    cache.lens.copy_(torch.tensor(lens, dtype=torch.int32))
+    return torch.stack(last)
+
+
+def _check_tree(tree, state: StepState) -> None:
+    sizes = (tree.tree_indptr[1:] - tree.tree_indptr[:-1]).to(torch.int64)
+    if sizes.numel() != state.roots.numel():
+        raise ValueError("a strategy's tree must have one CSR entry per request")
+    if bool(((sizes > 0) != state.active).any()):
+        raise ValueError("a strategy's tree must give active requests nodes and idle ones none")
+    if int(sizes.max()) > MAX_TREE_NODES:
+        raise ValueError(f"a draft tree holds at most {MAX_TREE_NODES} nodes")

@@ -1,0 +1,122 @@
+"""The interface every decoding method implements: propose a draft tree, verify, observe.
+
+One decoding step of the generation loop (``spec/generate.py``):
+
+1. ``propose``: a draft tree per active request whose root (local node 0) is the request's
+   pending token (sampled but not yet run through the target);
+2. the loop runs the target once over all trees (``LlamaForCausalLM.forward``);
+3. ``verify``: the accepted path and the bonus/correction token per request;
+4. the loop compacts the KV cache (``kv_compact``) and commits the tokens;
+5. ``observe``: the strategy updates its drafter state (features, n-gram tables, ...).
+
+``ar`` is the degenerate case: the tree is just the root, and verification samples one token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adaeagle_ext import ref
+from adaeagle_ext.spec.sampling import SamplingParams
+
+
+@dataclass
+class DraftTree:
+    """A ragged batch of draft trees in CSR form (idle requests own no nodes).
+
+    tokens: int64 [N], node tokens (node 0 of each request is its pending root token).
+    parents: int32 [N], local parent ids (-1 at each root).
+    tree_indptr: int32 [B+1].
+    is_chain: True when every node's parent is the node before it (cheaper inputs).
+    """
+
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    tree_indptr: torch.Tensor
+    is_chain: bool = False
+
+
+@dataclass
+class Acceptance:
+    """accept_local int32 [B, P] (root first, -1 padded), accept_len int32 [B] (accepted
+    drafts), out_tokens int64 [B, P] (accepted drafts then the bonus token, -1 padded)."""
+
+    accept_local: torch.Tensor
+    accept_len: torch.Tensor
+    out_tokens: torch.Tensor
+
+
+@dataclass
+class StepState:
+    """What a strategy sees each step.
+
+    roots: int64 [B] pending token per request; active: bool [B];
+    prefix_lens: int32 [B] cached tokens per request (the tree goes right after them);
+    history: per request, all tokens so far (prompt + generated, the pending root last).
+    """
+
+    roots: torch.Tensor
+    active: torch.Tensor
+    prefix_lens: torch.Tensor
+    history: list[list[int]]
+    sampling: SamplingParams
+    generators: list[torch.Generator]
+
+
+class Strategy:
+    """Base class; subclasses override ``propose`` (and ``verify`` for sampling)."""
+
+    name = "base"
+    max_tree_nodes = 1  # the most nodes one request's tree can hold (cache slack)
+
+    def setup(self, model, batch: int) -> None:
+        """Called once per generate call, before prefill."""
+
+    def observe_prefill(self, tokens: torch.Tensor, hidden: torch.Tensor,
+                        tree_indptr: torch.Tensor) -> None:
+        """Features of one prefill chunk: tokens int64 [N], hidden [N, H] (CSR over B)."""
+
+    def propose(self, state: StepState) -> DraftTree:
+        raise NotImplementedError
+
+    def verify(self, state: StepState, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
+        """Greedy tree verification (``verify_greedy``); logits float32 [N, V]."""
+        if not state.sampling.greedy:
+            raise NotImplementedError(f"method {self.name!r} has no sampling verification yet")
+        mask, depth, _, first_child, next_sibling, _, _ = ref.build_tree(
+            tree.parents, tree.tree_indptr, state.prefix_lens, self.max_tree_nodes, 1)
+        max_depth = int(depth.max()) if depth.numel() else 0
+        local, n_acc, out = ref.verify_greedy(tree.tokens, logits.argmax(-1), first_child,
+                                              next_sibling, tree.tree_indptr, max_depth)
+        return Acceptance(local, n_acc, out)
+
+    def observe(self, state: StepState, tree: DraftTree, acceptance: Acceptance,
+                hidden: torch.Tensor) -> None:
+        """Called after the cache holds the accepted path; hidden [N, H] of the tree nodes."""
+
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: makes ``method=cls.name`` available to ``generate``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def make_strategy(method: str | Strategy, **options) -> Strategy:
+    """A strategy from its name (``"ar"``; ``"name:arg"`` passes ``arg`` as ``spec``)."""
+    if isinstance(method, Strategy):
+        return method
+    name, _, arg = method.partition(":")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if arg:
+        options["spec"] = arg
+    return _REGISTRY[name](**options)
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,79 @@
+"""Checks on the real default model (SmolLM2-135M-Instruct Q4_1), fetched on first use."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.model
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from adaeagle_ext.api import load
+
+    return load(None, dtype="float32", threads=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def hf(pipe):
+    import transformers
+
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**pipe.config.to_hf_dict()))
+    sd = {k: v for k, v in pipe.model.state_dict().items() if k != "lm_head.weight"}
+    model.load_state_dict(sd, strict=False)
+    model.tie_weights()
+    return model.eval()
+
+
+def test_weights_equal_transformers_gguf_conversion(pipe):
+    """transformers' own GGUF reader (with its q/k un-permutation) gives the same tensors."""
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    with torch.device("meta"):
+        shell = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(**pipe.config.to_hf_dict()))
+    theirs = load_gguf_checkpoint(str(pipe.source), return_tensors=True,
+                                  model_to_load=shell)["tensors"]
+    ours = pipe.model.state_dict()
+    assert len(theirs) == 272
+    for name, t in theirs.items():
+        assert torch.equal(ours[name], torch.as_tensor(t).float()), name
+    assert pipe.checkpoint.packed["model.layers.0.mlp.up_proj.weight"].ggml_type.name == "Q4_1"
+
+
+def test_logits_and_greedy_match_transformers(pipe, hf):
+    for prompt in PROMPTS:
+        ids = pipe.encode(prompt)
+        with torch.no_grad():
+            want = hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                               eos_token_id=None, pad_token_id=2)[0, len(ids):].tolist()
+        res = pipe.generate(ids, max_new_tokens=8, eos=False)
+        assert res.token_ids == want, prompt
+    ids = pipe.encode(PROMPTS[0])
+    with torch.no_grad():
+        want = hf(torch.tensor([ids])).logits[0, -1]
+    from adaeagle_ext.models.tree_inputs import chain_inputs
+
+    cache = pipe.model.new_cache(1, 32)
+    pos, ind, mask = chain_inputs(torch.tensor([len(ids)]), cache.lens)
+    got, _ = pipe.model(torch.tensor(ids), pos, ind, mask, cache.lens, cache)
+    torch.testing.assert_close(got[-1], want, atol=1e-3, rtol=1e-4)
+
+
+def test_chat_batch_and_stop(pipe):
+    chats = [[{"role": "user", "content": "What is 2+2?"}], "Name a color.", PROMPTS[2]]
+    res = pipe.generate(chats[:2], chat=True, max_new_tokens=12)
+    assert all(r.text.strip() for r in res)
+    stopped = pipe.generate(PROMPTS[2], max_new_tokens=16, stop=[","])
+    assert "," not in stopped.text
+
+
+def test_cli_generate(capsys):
+    from adaeagle_ext.cli import main
+
+    assert main(["generate", "--prompt", "Hi!", "--max-new-tokens", "6", "--threads", "2",
+                 "--stream", "--dtype", "bfloat16"]) == 0
+    err = capsys.readouterr().err
+    assert "tokens/s" in err
