@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from adaeagle_ext import ops, ref
-from adaeagle_ext.drafters import AdedDrafter, OnlineTrigrams, TrigramFileError, TrigramTable
+from adaeagle_ext.drafters.aded import AdedDrafter, OnlineTrigrams
 from adaeagle_ext.drafters.trigram import (
     HEADER,
+    TrigramFileError,
+    TrigramTable,
     build_trigram_table,
     count_trigrams,
     pack_bigram,
