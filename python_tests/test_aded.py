@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from adaeagle_ext import ops, ref
-from adaeagle_ext.drafters.aded import AdedDrafter, OnlineTrigrams
+from adaeagle_ext.drafters.aded import (
+    DEFAULT_TABLE_PATH,
+    AdedDrafter,
+    OnlineTrigrams,
+    load_default_table,
+)
 from adaeagle_ext.drafters.trigram import (
     HEADER,
     TrigramFileError,
@@ -514,3 +519,14 @@ def test_drafter_with_table_is_deterministic_and_checks_vocab(tmp_path):
         assert 2 < len(pa) <= 64
         a.observe(ta[1:3].tolist())
         b.observe(tb[1:3].tolist())
+
+
+@pytest.mark.skipif(not DEFAULT_TABLE_PATH.exists(), reason="no shipped table")
+def test_shipped_table_loads_and_matches_its_card():
+    table = load_default_table(vocab_size=49152)  # SmolLM2-135M-Instruct's vocabulary
+    assert table.top_k == 12 and np.all(np.diff(table.offsets) <= 12)
+    card = DEFAULT_TABLE_PATH.with_suffix(".md").read_text()
+    assert f"Tokens counted: {table.num_tokens:,}" in card
+    assert f"Keys (bigrams): {table.num_keys:,}; entries: {table.num_entries:,}" in card
+    assert DEFAULT_TABLE_PATH.stat().st_size < 20 * 2**20
+    assert "alpaca_cleaned" not in card  # CC BY-NC data stays out of the shipped table

@@ -18,14 +18,25 @@ adaptation lives in a per-generation overlay (``OnlineTrigrams``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from adaeagle_ext import ops
-from adaeagle_ext.drafters.trigram import TrigramTable, pack_bigram
+from adaeagle_ext.drafters.trigram import TrigramTable
 
 ADED_FALLBACK_TOKEN = 100  # the dummy draft ADED verifies when nothing is retrieved
+# The shipped table of the default model (see trigram.md beside it).
+DEFAULT_TABLE_PATH = (Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m-instruct"
+                      / "trigram.bin")
+
+
+def load_default_table(vocab_size: int | None = None) -> TrigramTable | None:
+    """The shipped default-model table, or None when the package has none."""
+    if not DEFAULT_TABLE_PATH.exists():
+        return None
+    return TrigramTable.load(DEFAULT_TABLE_PATH, vocab_size=vocab_size)
 
 
 class OnlineTrigrams:
@@ -41,12 +52,15 @@ class OnlineTrigrams:
                  cap: float = 3.0):
         self.table = table
         self.window, self.boost, self.cap = window, boost, cap
-        self.rows: dict[int, dict[int, float]] = {}
-        self._tensors: tuple[torch.Tensor, ...] | None = None
+        self.clear()
 
     def clear(self) -> None:
-        self.rows.clear()
-        self._tensors = None
+        # entries in creation order; _pos maps (bigram key, t3) to its index
+        self._pos: dict[tuple[int, int], int] = {}
+        self._keys: list[int] = []
+        self._succ: list[int] = []
+        self._vals: list[float] = []
+        self._tensors: tuple[torch.Tensor, ...] | None = None
 
     def reinforce(self, tokens: Sequence[int], window: int | None = None) -> None:
         """Reinforces the tri-grams of the last ``window`` (default ``self.window``) tokens;
@@ -54,32 +68,42 @@ class OnlineTrigrams:
         window = self.window if window is None else window
         tail = [int(t) for t in tokens[-window:]] if window else [int(t) for t in tokens]
         for t1, t2, t3 in zip(tail, tail[1:], tail[2:], strict=False):
-            row = self.rows.setdefault(int(pack_bigram(t1, t2)), {})
-            value = row.get(t3)
-            if value is None:
-                value = self.table.prob(t1, t2, t3)
-            row[t3] = min(value + self.boost, self.cap)
+            entry = ((t1 << 32) | t2, t3)
+            pos = self._pos.get(entry)
+            if pos is None:
+                pos = self._pos[entry] = len(self._vals)
+                self._keys.append(entry[0])
+                self._succ.append(t3)
+                self._vals.append(self.table.prob(t1, t2, t3))
+            self._vals[pos] = min(self._vals[pos] + self.boost, self.cap)
         if len(tail) >= 3:
             self._tensors = None
 
     def value(self, t1: int, t2: int, t3: int) -> float:
         """The value the search sees for t3 after (t1, t2)."""
-        row = self.rows.get(int(pack_bigram(t1, t2)), {})
-        return row[t3] if t3 in row else self.table.prob(t1, t2, t3)
+        pos = self._pos.get(((t1 << 32) | t2, t3))
+        return self._vals[pos] if pos is not None else self.table.prob(t1, t2, t3)
+
+    @property
+    def rows(self) -> dict[int, dict[int, float]]:
+        """{bigram key: {t3: value}} of the overlay (for inspection)."""
+        rows: dict[int, dict[int, float]] = {}
+        for (k, t3), pos in self._pos.items():
+            rows.setdefault(k, {})[t3] = self._vals[pos]
+        return rows
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(keys int64 [M], offsets int32 [M+1], succ int32 [E], vals float32 [E])."""
+        """(keys int64 [M], offsets int32 [M+1], succ int32 [E], vals float32 [E]): rows
+        sorted by key, entries within a row by token."""
         if self._tensors is None:
-            keys = sorted(self.rows)
-            lens = [len(self.rows[k]) for k in keys]
-            succ = [t for k in keys for t in self.rows[k]]
-            vals = [v for k in keys for v in self.rows[k].values()]
-            self._tensors = (
-                torch.tensor(keys, dtype=torch.int64),
-                torch.from_numpy(np.r_[0, np.cumsum(lens, dtype=np.int64)].astype(np.int32)),
-                torch.tensor(succ, dtype=torch.int32),
-                torch.tensor(vals, dtype=torch.float32),
-            )
+            keys = np.array(self._keys, dtype=np.int64)
+            succ = np.array(self._succ, dtype=np.int32)
+            order = np.lexsort((succ, keys))
+            keys, succ = keys[order], succ[order]
+            vals = np.array(self._vals, dtype=np.float32)[order]
+            row_keys, starts = np.unique(keys, return_index=True)
+            offsets = np.r_[starts, keys.size].astype(np.int32)
+            self._tensors = tuple(torch.from_numpy(a) for a in (row_keys, offsets, succ, vals))
         return self._tensors
 
 
