@@ -497,6 +497,95 @@ def linear(
 
 
 # ---------------------------------------------------------------------------------------------
+# aded_draft
+
+
+class DraftTree(NamedTuple):
+    """A padded draft tree of one request (``aded_draft``, ``aded_paths_to_tree``)."""
+
+    parents: torch.Tensor  # int32 [max_nodes]: topological, root 0 has -1; -1 past num_nodes
+    tokens: torch.Tensor  # int64 [max_nodes]: token per node, root = last context token; -1 pad
+    num_nodes: torch.Tensor  # int32 [1]: nodes in use, root included (>= 2)
+
+
+def _empty_tree(max_nodes: int) -> DraftTree:
+    return DraftTree(torch.empty(max_nodes, dtype=torch.int32),
+                     torch.empty(max_nodes, dtype=torch.int64),
+                     torch.empty(1, dtype=torch.int32))
+
+
+def aded_draft(
+    table: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    online: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    context: torch.Tensor,
+    *,
+    iterations: int = 150,
+    max_len: int = 4,
+    top_paths: int = 24,
+    max_nodes: int = MAX_TREE_NODES,
+    c1: float = 32.0,
+    c2: float = 8.0,
+    fallback_token: int = 100,
+    seed: int = 0,
+    out: DraftTree | None = None,
+) -> DraftTree:
+    """ADED's MCTS draft search over a tri-gram table (CPU only).
+
+    Rows are CSR keyed by the bigram ``t1 << 32 | t2`` (see ``drafters/trigram.py``). The
+    search starts from the last two context tokens, runs ``iterations`` PUCT iterations with
+    paths of at most ``max_len`` nodes counting the root, keeps the ``top_paths`` most visited
+    paths, extends each greedily by one token and merges them into a tree of at most
+    ``max_nodes`` nodes. When nothing is found (unseen bigram, one-token context) the tree is
+    the root plus ``fallback_token``. Same inputs and seed give the same tree.
+
+    Args:
+        table: stored table (keys int64 [K] strictly ascending, offsets int32 [K+1], succ int32
+            [E], vals float32 [E]); never modified.
+        online: per-generation overlay in the same layout; its values replace the stored value
+            of the same successor or add one.
+        context: int64 [C >= 1], the committed tokens; the last one is the tree's root.
+        iterations, max_len, top_paths, max_nodes, c1, c2: search knobs (ADED's defaults).
+        fallback_token: the one draft token when nothing is retrieved.
+        seed: rollout RNG seed.
+        out: optional preallocated DraftTree (the hot path).
+
+    Returns:
+        DraftTree; ``parents[:n], tokens[:n]`` with ``n = num_nodes`` feed ``build_tree``.
+    """
+    out = _empty_tree(max_nodes) if out is None else out
+    _op("aded_draft")(*table, *online, context, iterations, max_len, top_paths, max_nodes, c1,
+                      c2, fallback_token, seed, *out)
+    return out
+
+
+def aded_paths_to_tree(
+    paths: torch.Tensor,
+    path_lens: torch.Tensor,
+    root_token: int,
+    max_nodes: int = MAX_TREE_NODES,
+    *,
+    out: DraftTree | None = None,
+) -> DraftTree:
+    """Merges ranked token paths into one draft tree (CPU only): each path (tokens after the
+    root) follows existing nodes while their tokens match and adds new nodes while fewer than
+    ``max_nodes`` exist, so duplicates and shared prefixes are stored once and later paths are
+    trimmed first.
+
+    Args:
+        paths: int64 [P, L], best first, each row's first ``path_lens[p]`` entries used.
+        path_lens: int32 [P], each in [0, L].
+        root_token: the token of node 0.
+        max_nodes: 2 to 64.
+
+    Returns:
+        DraftTree in node-creation (topological) order.
+    """
+    out = _empty_tree(max_nodes) if out is None else out
+    _op("aded_paths_to_tree")(paths, path_lens, root_token, max_nodes, *out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # fake (meta) implementations: every op only writes its outputs in place, so one no-op serves
 # all of them.
 

@@ -7,6 +7,9 @@ before their children, and a tree holds at most 64 nodes so an ancestor set is o
 
 from __future__ import annotations
 
+import bisect
+import math
+
 import torch
 
 MAX_TREE_NODES = 64
@@ -486,3 +489,202 @@ def linear(
     """
     y = x.float() @ dequantize(weight, ggml_type).T
     return y if bias is None else y + bias.float()
+
+# aded_draft
+
+
+def trigram_rows(sequences, top_k: int = 12) -> dict[tuple[int, int], list[tuple[int, float]]]:
+    """Reference of tri-gram counting (``drafters.trigram.count_trigrams``).
+
+    Args:
+        sequences: token-id lists, each a separate document (no tri-gram spans two).
+        top_k: successors kept per row.
+
+    Returns:
+        {(t1, t2): [(t3, count / row total), ...]}, the ``top_k`` most frequent successors by
+        count descending then id ascending; the probability is over the whole row.
+    """
+    counts: dict[tuple[int, int], dict[int, int]] = {}
+    for seq in sequences:
+        seq = [int(t) for t in seq]
+        for t1, t2, t3 in zip(seq, seq[1:], seq[2:], strict=False):
+            row = counts.setdefault((t1, t2), {})
+            row[t3] = row.get(t3, 0) + 1
+    rows = {}
+    for key, row in sorted(counts.items()):
+        total = sum(row.values())
+        ranked = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+        rows[key] = [(t3, c / total) for t3, c in ranked]
+    return rows
+
+
+def aded_reinforce(overlay: dict, stored_prob, tokens, window: int = 16, boost: float = 0.04,
+                   cap: float = 3.0) -> None:
+    """Reference of ADED's online update, in place: every tri-gram occurrence among the last
+    ``window`` tokens adds ``boost`` to its value, capped at ``cap``; an entry starts from its
+    stored probability (``stored_prob(t1, t2, t3)``, 0 when absent). No renormalisation.
+
+    ``overlay`` is {(t1, t2): {t3: value}}; the stored table is never touched.
+    """
+    tail = [int(t) for t in tokens][-window:]
+    for t1, t2, t3 in zip(tail, tail[1:], tail[2:], strict=False):
+        row = overlay.setdefault((t1, t2), {})
+        row[t3] = min(row.get(t3, stored_prob(t1, t2, t3)) + boost, cap)
+
+
+class AdedRows:
+    """Row lookup over a stored CSR table and an overlay (the layouts ``ops.aded_draft``
+    takes): a row is the stored successors with the overlay's values replacing or adding
+    entries, sorted by value descending then token ascending."""
+
+    def __init__(self, table, online):
+        self.stored = [t.numpy() for t in table]
+        self.extra = [t.numpy() for t in online]
+        self.stored_keys = self.stored[0].tolist()
+        self.extra_keys = self.extra[0].tolist()
+
+    @staticmethod
+    def _lookup(keys, csr, key) -> list[tuple[int, float]]:
+        k = bisect.bisect_left(keys, key)
+        if k == len(keys) or keys[k] != key:
+            return []
+        lo, hi = int(csr[1][k]), int(csr[1][k + 1])
+        return list(zip(csr[2][lo:hi].tolist(), csr[3][lo:hi].tolist(), strict=True))
+
+    def row(self, t1: int, t2: int) -> list[tuple[int, float]]:
+        key = (t1 << 32) | t2
+        merged = dict(self._lookup(self.stored_keys, self.stored, key))
+        merged.update(self._lookup(self.extra_keys, self.extra, key))
+        return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+class _SplitMix64:
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed: int):
+        self.state = seed & self.MASK
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
+        return z ^ (z >> 31)
+
+    def uniform(self) -> float:
+        return (self.next() >> 11) * 2.0**-53
+
+
+def aded_paths_to_tree(paths, root_token: int, max_nodes: int = MAX_TREE_NODES):
+    """Reference of ``ops.aded_paths_to_tree`` on a list of token lists (best first).
+
+    Returns:
+        (parents list, tokens list) of the used nodes, in creation (topological) order.
+    """
+    parents, tokens = [-1], [int(root_token)]
+    for path in paths:
+        cur = 0
+        for tok in path:
+            child = next((i for i in range(1, len(parents))
+                          if parents[i] == cur and tokens[i] == tok), None)
+            if child is None:
+                if len(parents) >= max_nodes:
+                    break
+                parents.append(cur)
+                tokens.append(int(tok))
+                child = len(parents) - 1
+            cur = child
+    return parents, tokens
+
+
+def aded_draft(table, online, context, *, iterations: int = 150, max_len: int = 4,
+               top_paths: int = 24, max_nodes: int = MAX_TREE_NODES, c1: float = 32.0,
+               c2: float = 8.0, fallback_token: int = 100, seed: int = 0):
+    """Reference of ``ops.aded_draft``: the same MCTS, RNG and arithmetic, in plain Python.
+
+    Args: as ``ops.aded_draft`` (table and online are CSR tensor 4-tuples).
+
+    Returns:
+        (parents int32 [max_nodes], tokens int64 [max_nodes], num_nodes int32 [1]), -1 padded.
+    """
+    return aded_search(AdedRows(table, online), context, iterations=iterations,
+                       max_len=max_len, top_paths=top_paths, max_nodes=max_nodes, c1=c1, c2=c2,
+                       fallback_token=fallback_token, seed=seed)
+
+
+def aded_search(rows: AdedRows, context, *, iterations: int = 150, max_len: int = 4,
+                top_paths: int = 24, max_nodes: int = MAX_TREE_NODES, c1: float = 32.0,
+                c2: float = 8.0, fallback_token: int = 100, seed: int = 0):
+    """The search of ``aded_draft`` over prepared rows (see there)."""
+    row_of = rows.row
+    context = [int(t) for t in context]
+    root = context[-1]
+    max_depth = max_len - 1
+    paths: list[list[int]] = []
+    if len(context) >= 2 and max_depth >= 1:
+        # node: [token, prev_token, parent, children, depth, visits, value_sum, prior, expanded]
+        nodes = [[root, context[-2], -1, [], 0, 0, 0.0, 0.0, False]]
+        rng = _SplitMix64(seed)
+        for _ in range(iterations):
+            node, path = 0, [0]
+            while nodes[node][3]:
+                parent = nodes[node]
+                explore = (c1 + math.log((parent[5] + c2 + 1.0) / c2)) * math.sqrt(parent[5])
+                best, best_score = None, -math.inf
+                for c in parent[3]:
+                    n = nodes[c][5]
+                    if n == 0:
+                        best = c
+                        break
+                    score = nodes[c][6] / n + explore * nodes[c][7] / (1.0 + n)
+                    if score > best_score:
+                        best, best_score = c, score
+                node = best
+                path.append(node)
+            tok, prev, _, _, depth, _, _, _, expanded = nodes[node]
+            if not expanded and depth < max_depth:
+                nodes[node][8] = True
+                for succ, value in row_of(prev, tok):
+                    nodes.append([succ, tok, node, [], depth + 1, 0, 0.0, value, False])
+                    nodes[node][3].append(len(nodes) - 1)
+                if nodes[node][3]:
+                    node = nodes[node][3][-1]
+                    path.append(node)
+            reward, prev, cur = 1.0, nodes[node][1], nodes[node][0]
+            for _ in range(nodes[node][4], max_depth):
+                row = row_of(prev, cur)
+                if not row:
+                    break
+                total = 0.0
+                for _, value in row:
+                    total += value
+                u = rng.uniform() * total
+                cum, pick = 0.0, len(row) - 1
+                for i, (_, value) in enumerate(row):
+                    cum += value
+                    if u < cum:
+                        pick = i
+                        break
+                reward += row[pick][1]
+                prev, cur = cur, row[pick][0]
+            for p in path:
+                nodes[p][5] += 1
+                nodes[p][6] += reward
+        ranked = sorted(range(1, len(nodes)), key=lambda i: (-nodes[i][5], i))[:top_paths]
+        for i in ranked:
+            toks, n = [], i
+            while n > 0:
+                toks.append(nodes[n][0])
+                n = nodes[n][2]
+            toks.reverse()
+            row = row_of(nodes[i][1], nodes[i][0])
+            if row:
+                toks.append(row[0][0])
+            paths.append(toks)
+    if not paths:
+        paths = [[int(fallback_token)]]
+    parents, tokens = aded_paths_to_tree(paths, root, max_nodes)
+    pad = max_nodes - len(parents)
+    return (torch.tensor(parents + [-1] * pad, dtype=torch.int32),
+            torch.tensor(tokens + [-1] * pad, dtype=torch.int64),
+            torch.tensor([len(parents)], dtype=torch.int32))

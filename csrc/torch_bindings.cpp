@@ -20,6 +20,9 @@
 #include "adaeagle/ldlp_mlp.h"
 #include "cpu/linear.h"
 #include "adaeagle/gguf_blocks.h"
+#include "cpu/aded_draft.h"
+
+#include <string>
 
 #ifdef ADAEAGLE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -84,6 +87,21 @@ TORCH_LIBRARY(adaeagle, m) {
   // Small-M matmul on packed GGUF weights, batch-invariant, fp32 accumulation.
   m.def(
       "linear(Tensor x, Tensor weight, int ggml_type, Tensor? bias, Tensor(a!) out) -> ()");
+
+  // ADED draft tree (CPU only): MCTS over a tri-gram table plus a per-generation overlay from the
+  // last two context tokens; writes a padded parents/tokens tree and its node count.
+  m.def(
+      "aded_draft(Tensor table_keys, Tensor table_offsets, Tensor table_succ, "
+      "Tensor table_vals, Tensor online_keys, Tensor online_offsets, Tensor online_succ, "
+      "Tensor online_vals, Tensor context, int iterations, int max_len, int top_paths, "
+      "int max_nodes, float c1, float c2, int fallback_token, int seed, Tensor(a!) parents, "
+      "Tensor(b!) tokens, Tensor(c!) num_nodes) -> ()");
+
+  // Merge ranked token paths into one draft tree under a root (shared prefixes once), at most
+  // max_nodes nodes (CPU only).
+  m.def(
+      "aded_paths_to_tree(Tensor paths, Tensor path_lens, int root_token, int max_nodes, "
+      "Tensor(a!) parents, Tensor(b!) tokens, Tensor(c!) num_nodes) -> ()");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -616,14 +634,12 @@ void check_linear(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_ty
   if (bias.has_value()) {
     check_tensor(*bias, op, "bias", at::kFloat, 1, dev);
     check_size(*bias, op, "bias", 0, n);
-  }
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == x.scalar_type(), op,
               ": out must be float32 or x's dtype (", x.scalar_type(), "), got ",
               out.scalar_type());
   check_tensor(out, op, "out", out.scalar_type(), 2, dev);
   check_size(out, op, "out", 0, m);
   check_size(out, op, "out", 1, n);
-}
 
 void linear_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
                 const std::optional<at::Tensor>& bias, const at::Tensor& out) {
@@ -632,12 +648,10 @@ void linear_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type
               weight.size(1), static_cast<int>(ggml_type),
               bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr(),
               out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1));
-}
 
 #ifdef ADAEAGLE_WITH_CUDA
 void linear_cuda(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
                  const std::optional<at::Tensor>& bias, const at::Tensor& out) {
-  check_linear(x, weight, ggml_type, bias, out);
   const c10::cuda::CUDAGuard guard(x.device());
   ADAEAGLE_CUDA_CHECK(launch_linear(
       x.data_ptr(), x.scalar_type() == at::kBFloat16, weight.data_ptr<uint8_t>(),
@@ -645,14 +659,110 @@ void linear_cuda(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_typ
       bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr(),
       out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1),
       at::cuda::getCurrentCUDAStream()));
-}
 #endif
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("linear", &linear_cpu); }
-#ifdef ADAEAGLE_WITH_CUDA
 TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("linear", &linear_cuda); }
-#endif
+// ---------------------------------------------------------------------------------------------
+// aded_draft
+
+
+void check_rows(const at::Tensor& keys, const at::Tensor& offsets, const at::Tensor& succ,
+                const at::Tensor& vals, const char* op, const char* prefix) {
+  const std::string p(prefix);
+  const auto dev = at::Device(at::kCPU);
+  check_tensor(keys, op, (p + "_keys").c_str(), at::kLong, 1, dev);
+  check_tensor(offsets, op, (p + "_offsets").c_str(), at::kInt, 1, dev);
+  check_size(offsets, op, (p + "_offsets").c_str(), 0, keys.numel() + 1);
+  check_tensor(succ, op, (p + "_succ").c_str(), at::kInt, 1, dev);
+  check_tensor(vals, op, (p + "_vals").c_str(), at::kFloat, 1, dev);
+  check_size(vals, op, (p + "_vals").c_str(), 0, succ.numel());
+  const int32_t first = offsets.data_ptr<int32_t>()[0];
+  const int32_t last = offsets.data_ptr<int32_t>()[keys.numel()];
+  TORCH_CHECK(first == 0 && last == succ.numel(), op, ": ", p, "_offsets must run from 0 to ",
+              succ.numel(), " (", p, "_succ entries), got ", first, " .. ", last);
+
+void check_tree_outputs(const at::Tensor& parents, const at::Tensor& tokens,
+                        const at::Tensor& num_nodes, int64_t max_nodes, const char* op) {
+  TORCH_CHECK(max_nodes >= 2 && max_nodes <= kMaxTreeNodes, op, ": max_nodes must be in [2, ",
+              kMaxTreeNodes, "], got ", max_nodes);
+  check_tensor(parents, op, "parents", at::kInt, 1, dev);
+  check_size(parents, op, "parents", 0, max_nodes);
+  check_tensor(tokens, op, "tokens", at::kLong, 1, dev);
+  check_size(tokens, op, "tokens", 0, max_nodes);
+  check_tensor(num_nodes, op, "num_nodes", at::kInt, 1, dev);
+  check_size(num_nodes, op, "num_nodes", 0, 1);
+
+aded::RowTable row_table(const at::Tensor& keys, const at::Tensor& offsets,
+                         const at::Tensor& succ, const at::Tensor& vals) {
+  aded::RowTable t;
+  t.keys = keys.data_ptr<int64_t>();
+  t.offsets = offsets.data_ptr<int32_t>();
+  t.succ = succ.data_ptr<int32_t>();
+  t.vals = vals.data_ptr<float>();
+  t.num_keys = keys.numel();
+  t.num_entries = succ.numel();
+  return t;
+
+void aded_draft_cpu(const at::Tensor& table_keys, const at::Tensor& table_offsets,
+                    const at::Tensor& table_succ, const at::Tensor& table_vals,
+                    const at::Tensor& online_keys, const at::Tensor& online_offsets,
+                    const at::Tensor& online_succ, const at::Tensor& online_vals,
+                    const at::Tensor& context, int64_t iterations, int64_t max_len,
+                    int64_t top_paths, int64_t max_nodes, double c1, double c2,
+                    int64_t fallback_token, int64_t seed, const at::Tensor& parents,
+                    const at::Tensor& tokens, const at::Tensor& num_nodes) {
+  constexpr const char* op = "aded_draft";
+  check_rows(table_keys, table_offsets, table_succ, table_vals, op, "table");
+  check_rows(online_keys, online_offsets, online_succ, online_vals, op, "online");
+  check_tensor(context, op, "context", at::kLong, 1, at::Device(at::kCPU));
+  TORCH_CHECK(context.numel() >= 1, op, ": context must hold at least the root token");
+  const int64_t* ctx = context.data_ptr<int64_t>();
+  constexpr int64_t kMaxToken = int64_t{1} << 31;
+  for (int64_t i = std::max<int64_t>(0, context.numel() - 2); i < context.numel(); ++i) {
+    TORCH_CHECK(ctx[i] >= 0 && ctx[i] < kMaxToken, op, ": context[", i, "]=", ctx[i],
+                " is not a token id in [0, 2^31)");
+  TORCH_CHECK(iterations >= 0 && iterations <= (1 << 20), op,
+              ": iterations must be in [0, 2^20], got ", iterations);
+  TORCH_CHECK(max_len >= 1 && max_len < kMaxTreeNodes, op, ": max_len must be in [1, ",
+              kMaxTreeNodes, "), got ", max_len);
+  TORCH_CHECK(top_paths >= 1 && top_paths <= 1024, op, ": top_paths must be in [1, 1024], got ",
+              top_paths);
+  TORCH_CHECK(c1 >= 0.0 && c2 > 0.0, op, ": need c1 >= 0 and c2 > 0, got c1=", c1, " c2=", c2);
+  TORCH_CHECK(fallback_token >= 0 && fallback_token < kMaxToken, op, ": fallback_token=",
+              fallback_token, " is not a token id in [0, 2^31)");
+  check_tree_outputs(parents, tokens, num_nodes, max_nodes, op);
+  aded::SearchParams params;
+  params.iterations = static_cast<int>(iterations);
+  params.max_len = static_cast<int>(max_len);
+  params.top_paths = static_cast<int>(top_paths);
+  params.max_nodes = static_cast<int>(max_nodes);
+  params.c1 = c1;
+  params.c2 = c2;
+  params.fallback_token = fallback_token;
+  params.seed = static_cast<uint64_t>(seed);
+  cpu::aded_draft(row_table(table_keys, table_offsets, table_succ, table_vals),
+                  row_table(online_keys, online_offsets, online_succ, online_vals), ctx,
+                  context.numel(), params, parents.data_ptr<int32_t>(),
+                  tokens.data_ptr<int64_t>(), num_nodes.data_ptr<int32_t>());
+
+void aded_paths_to_tree_cpu(const at::Tensor& paths, const at::Tensor& path_lens,
+                            int64_t root_token, int64_t max_nodes, const at::Tensor& parents,
+                            const at::Tensor& tokens, const at::Tensor& num_nodes) {
+  constexpr const char* op = "aded_paths_to_tree";
+  check_tensor(paths, op, "paths", at::kLong, 2, dev);
+  check_tensor(path_lens, op, "path_lens", at::kInt, 1, dev);
+  check_size(path_lens, op, "path_lens", 0, paths.size(0));
+  cpu::aded_paths_to_tree(paths.data_ptr<int64_t>(), path_lens.data_ptr<int32_t>(),
+                          paths.size(0), paths.size(1), root_token, max_nodes,
+                          parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(),
+                          num_nodes.data_ptr<int32_t>());
+
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) {
+  m.impl("aded_draft", &aded_draft_cpu);
+  m.impl("aded_paths_to_tree", &aded_paths_to_tree_cpu);
 
 }  // namespace adaeagle
