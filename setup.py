@@ -103,7 +103,9 @@ def _extension():
         str(p.relative_to(ROOT)) for p in [*CSRC.glob("*.cpp"), *CSRC.glob("cpu/*.cpp")]
     )
     include_dirs = [str(CSRC), str(CSRC / "include"), _write_build_config(with_cuda)]
-    cxx_flags = ["-O3"]
+    # at::parallel_for is header code: without OpenMP it silently runs on one thread.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     if not with_cuda:
         return cpp_extension.CppExtension(
@@ -111,6 +113,7 @@ def _extension():
             cpp_sources,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     defines = ["-DADAEAGLE_WITH_CUDA"]
     # Searched after the toolkit's own headers, so the wheels only fill in what it lacks.
@@ -120,7 +123,11 @@ def _extension():
         "adaeagle_ext._C",
         cpp_sources + cu_sources,
         include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx_flags + defines + wheel_includes, "nvcc": nvcc_flags + defines},
+        extra_compile_args={
+            "cxx": cxx_flags + defines + wheel_includes,
+            "nvcc": nvcc_flags + defines,
+        },
+        extra_link_args=link_flags,
     )
 
 

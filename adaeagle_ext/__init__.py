@@ -5,6 +5,18 @@ Import never fails when the compiled extension is missing: the ops raise a clear
 
 from adaeagle_ext import ops, ref
 from adaeagle_ext._build import build_info, extension_available
+from adaeagle_ext.api import GenerationResult, Pipeline, load, set_threads
+from adaeagle_ext.spec.strategy import available_methods
 
-__all__ = ["build_info", "extension_available", "ops", "ref"]
+__all__ = [
+    "GenerationResult",
+    "Pipeline",
+    "available_methods",
+    "build_info",
+    "extension_available",
+    "load",
+    "ops",
+    "ref",
+    "set_threads",
+]
 __version__ = "0.1.0"

@@ -7,22 +7,22 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 
+#include <string>
+
+#include "adaeagle/build_tree.h"
+#include "adaeagle/gguf_blocks.h"
+#include "adaeagle/kv_compact.h"
+#include "adaeagle/ldlp_mlp.h"
+#include "adaeagle/verify_greedy.h"
+#include "adaeagle/verify_sampling.h"
 #include "checks.h"
+#include "cpu/aded_draft.h"
 #include "cpu/build_tree.h"
 #include "cpu/kv_compact.h"
-#include "cpu/verify_greedy.h"
-#include "adaeagle/build_tree.h"
-#include "adaeagle/kv_compact.h"
-#include "adaeagle/verify_greedy.h"
-#include "cpu/verify_sampling.h"
-#include "adaeagle/verify_sampling.h"
 #include "cpu/ldlp_mlp.h"
-#include "adaeagle/ldlp_mlp.h"
 #include "cpu/linear.h"
-#include "adaeagle/gguf_blocks.h"
-#include "cpu/aded_draft.h"
-
-#include <string>
+#include "cpu/verify_greedy.h"
+#include "cpu/verify_sampling.h"
 
 #ifdef ADAEAGLE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -634,12 +634,14 @@ void check_linear(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_ty
   if (bias.has_value()) {
     check_tensor(*bias, op, "bias", at::kFloat, 1, dev);
     check_size(*bias, op, "bias", 0, n);
+  }
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == x.scalar_type(), op,
               ": out must be float32 or x's dtype (", x.scalar_type(), "), got ",
               out.scalar_type());
   check_tensor(out, op, "out", out.scalar_type(), 2, dev);
   check_size(out, op, "out", 0, m);
   check_size(out, op, "out", 1, n);
+}
 
 void linear_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
                 const std::optional<at::Tensor>& bias, const at::Tensor& out) {
@@ -648,10 +650,12 @@ void linear_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type
               weight.size(1), static_cast<int>(ggml_type),
               bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr(),
               out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1));
+}
 
 #ifdef ADAEAGLE_WITH_CUDA
 void linear_cuda(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
                  const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+  check_linear(x, weight, ggml_type, bias, out);
   const c10::cuda::CUDAGuard guard(x.device());
   ADAEAGLE_CUDA_CHECK(launch_linear(
       x.data_ptr(), x.scalar_type() == at::kBFloat16, weight.data_ptr<uint8_t>(),
@@ -659,15 +663,20 @@ void linear_cuda(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_typ
       bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr(),
       out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1),
       at::cuda::getCurrentCUDAStream()));
+}
 #endif
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("linear", &linear_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
 TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("linear", &linear_cuda); }
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // aded_draft
 
+namespace {
 
 void check_rows(const at::Tensor& keys, const at::Tensor& offsets, const at::Tensor& succ,
                 const at::Tensor& vals, const char* op, const char* prefix) {
@@ -683,9 +692,11 @@ void check_rows(const at::Tensor& keys, const at::Tensor& offsets, const at::Ten
   const int32_t last = offsets.data_ptr<int32_t>()[keys.numel()];
   TORCH_CHECK(first == 0 && last == succ.numel(), op, ": ", p, "_offsets must run from 0 to ",
               succ.numel(), " (", p, "_succ entries), got ", first, " .. ", last);
+}
 
 void check_tree_outputs(const at::Tensor& parents, const at::Tensor& tokens,
                         const at::Tensor& num_nodes, int64_t max_nodes, const char* op) {
+  const auto dev = at::Device(at::kCPU);
   TORCH_CHECK(max_nodes >= 2 && max_nodes <= kMaxTreeNodes, op, ": max_nodes must be in [2, ",
               kMaxTreeNodes, "], got ", max_nodes);
   check_tensor(parents, op, "parents", at::kInt, 1, dev);
@@ -694,6 +705,7 @@ void check_tree_outputs(const at::Tensor& parents, const at::Tensor& tokens,
   check_size(tokens, op, "tokens", 0, max_nodes);
   check_tensor(num_nodes, op, "num_nodes", at::kInt, 1, dev);
   check_size(num_nodes, op, "num_nodes", 0, 1);
+}
 
 aded::RowTable row_table(const at::Tensor& keys, const at::Tensor& offsets,
                          const at::Tensor& succ, const at::Tensor& vals) {
@@ -705,6 +717,7 @@ aded::RowTable row_table(const at::Tensor& keys, const at::Tensor& offsets,
   t.num_keys = keys.numel();
   t.num_entries = succ.numel();
   return t;
+}
 
 void aded_draft_cpu(const at::Tensor& table_keys, const at::Tensor& table_offsets,
                     const at::Tensor& table_succ, const at::Tensor& table_vals,
@@ -724,6 +737,7 @@ void aded_draft_cpu(const at::Tensor& table_keys, const at::Tensor& table_offset
   for (int64_t i = std::max<int64_t>(0, context.numel() - 2); i < context.numel(); ++i) {
     TORCH_CHECK(ctx[i] >= 0 && ctx[i] < kMaxToken, op, ": context[", i, "]=", ctx[i],
                 " is not a token id in [0, 2^31)");
+  }
   TORCH_CHECK(iterations >= 0 && iterations <= (1 << 20), op,
               ": iterations must be in [0, 2^20], got ", iterations);
   TORCH_CHECK(max_len >= 1 && max_len < kMaxTreeNodes, op, ": max_len must be in [1, ",
@@ -747,22 +761,28 @@ void aded_draft_cpu(const at::Tensor& table_keys, const at::Tensor& table_offset
                   row_table(online_keys, online_offsets, online_succ, online_vals), ctx,
                   context.numel(), params, parents.data_ptr<int32_t>(),
                   tokens.data_ptr<int64_t>(), num_nodes.data_ptr<int32_t>());
+}
 
 void aded_paths_to_tree_cpu(const at::Tensor& paths, const at::Tensor& path_lens,
                             int64_t root_token, int64_t max_nodes, const at::Tensor& parents,
                             const at::Tensor& tokens, const at::Tensor& num_nodes) {
   constexpr const char* op = "aded_paths_to_tree";
+  const auto dev = at::Device(at::kCPU);
   check_tensor(paths, op, "paths", at::kLong, 2, dev);
   check_tensor(path_lens, op, "path_lens", at::kInt, 1, dev);
   check_size(path_lens, op, "path_lens", 0, paths.size(0));
+  check_tree_outputs(parents, tokens, num_nodes, max_nodes, op);
   cpu::aded_paths_to_tree(paths.data_ptr<int64_t>(), path_lens.data_ptr<int32_t>(),
                           paths.size(0), paths.size(1), root_token, max_nodes,
                           parents.data_ptr<int32_t>(), tokens.data_ptr<int64_t>(),
                           num_nodes.data_ptr<int32_t>());
+}
 
+}  // namespace
 
 TORCH_LIBRARY_IMPL(adaeagle, CPU, m) {
   m.impl("aded_draft", &aded_draft_cpu);
   m.impl("aded_paths_to_tree", &aded_paths_to_tree_cpu);
+}
 
 }  // namespace adaeagle

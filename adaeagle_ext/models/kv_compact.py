@@ -1,14 +1,15 @@
-"""In-place KV compaction with the semantics of ``ref.kv_compact`` (``ops.kv_compact`` later)."""
+"""In-place KV compaction of the runtime's cache through ``ops.kv_compact``."""
 
 from __future__ import annotations
 
 import torch
 
+from adaeagle_ext import ops
 from adaeagle_ext.models.kv_cache import KVCache
 
 
 def kv_compact_(cache: KVCache, accept_local: torch.Tensor, accept_len: torch.Tensor,
-                prefix_lens: torch.Tensor) -> None:
+                prefix_lens: torch.Tensor, active: torch.Tensor | None = None) -> None:
     """Move each request's accepted path to consecutive rows, for all layers; set ``cache.lens``.
 
     Args:
@@ -17,19 +18,18 @@ def kv_compact_(cache: KVCache, accept_local: torch.Tensor, accept_len: torch.Te
         accept_local: int32 [B, P], accepted path as local ids (root 0 first), -1 padded.
         accept_len: int32 [B], accepted drafts (``accept_len + 1`` rows are kept).
         prefix_lens: int32 [B].
+        active: bool [B] or None; idle requests (False) keep their rows and length.
 
-    After the call ``cache.lens == prefix_lens + accept_len + 1``.
+    After the call ``cache.lens == prefix_lens + accept_len + 1`` for active requests.
     """
-    keep = (accept_len.to(torch.int64) + 1).tolist()
-    paths = accept_local.tolist()
-    base = prefix_lens.tolist()
-    for b, k in enumerate(keep):
-        path = paths[b][:k]
-        if any(i < 0 for i in path):
-            raise ValueError(f"accept_local[{b}] has fewer than accept_len+1 = {k} nodes")
-        if path == list(range(k)):
-            continue  # already in place (every chain, and AR)
-        src = torch.tensor(path, dtype=torch.int64) + base[b]
-        # Gather first: a later destination can be an earlier source.
-        cache.buf[:, :, b, base[b]: base[b] + k] = cache.buf[:, :, b, src]
-    cache.lens.copy_(prefix_lens.to(torch.int64) + accept_len.to(torch.int64) + 1)
+    idle = None if active is None or bool(active.all()) else ~active
+    idle_lens = prefix_lens[idle] if idle is not None else None
+    if idle is not None:
+        # An idle request's path is just its root: nothing moves.
+        accept_local = accept_local.masked_fill(idle[:, None], -1)
+        accept_local[:, 0] = 0
+        accept_len = accept_len.masked_fill(idle, 0)
+        prefix_lens = prefix_lens.clamp(max=cache.max_seq_len - 1)
+    ops.kv_compact(cache.buf, accept_local, accept_len, prefix_lens, out=cache.lens)
+    if idle is not None:
+        cache.lens[idle] = idle_lens

@@ -139,9 +139,7 @@ def generate_ids(
         stats.forwards += 1
         stats.decode_steps += 1
         acc = strategy.verify(state, tree, logits)
-        acc.accept_len.masked_fill_(~active, -1)  # idle requests keep their length
-        kv_compact_(cache, acc.accept_local.clamp(min=0), acc.accept_len, state.prefix_lens)
-        acc.accept_len.clamp_(min=0)
+        kv_compact_(cache, acc.accept_local, acc.accept_len, state.prefix_lens, active)
         out_rows = acc.out_tokens.tolist()
         for b in active.nonzero().flatten().tolist():
             n_new = int(acc.accept_len[b]) + 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adaeagle_ext import ref
+from adaeagle_ext import ops, ref
 from adaeagle_ext.spec.sampling import SamplingParams
 
 
@@ -85,11 +85,19 @@ class Strategy:
         """Greedy tree verification (``verify_greedy``); logits float32 [N, V]."""
         if not state.sampling.greedy:
             raise NotImplementedError(f"method {self.name!r} has no sampling verification yet")
-        mask, depth, _, first_child, next_sibling, _, _ = ref.build_tree(
-            tree.parents, tree.tree_indptr, state.prefix_lens, self.max_tree_nodes, 1)
-        max_depth = int(depth.max()) if depth.numel() else 0
-        local, n_acc, out = ref.verify_greedy(tree.tokens, logits.argmax(-1), first_child,
-                                              next_sibling, tree.tree_indptr, max_depth)
+        batch = state.roots.numel()
+        max_depth = self.max_tree_nodes - 1
+        rows = state.active.nonzero().flatten()
+        # Idle requests have empty trees: verify only the active ones, then scatter back.
+        indptr = torch.cat([tree.tree_indptr[:1], tree.tree_indptr[1:][rows]])
+        arrays = ops.build_tree(tree.parents, indptr, state.prefix_lens[rows].contiguous(),
+                                max_depth, ref.MAX_TREE_NODES)
+        got = ops.verify_greedy(tree.tokens, logits.argmax(-1), arrays.first_child,
+                                arrays.next_sibling, indptr, max_depth)
+        local = torch.full((batch, max_depth + 1), -1, dtype=torch.int32)
+        n_acc = torch.zeros(batch, dtype=torch.int32)
+        out = torch.full((batch, max_depth + 1), -1, dtype=torch.int64)
+        local[rows], n_acc[rows], out[rows] = got.accept_local, got.accept_len, got.out_tokens
         return Acceptance(local, n_acc, out)
 
     def observe(self, state: StepState, tree: DraftTree, acceptance: Acceptance,
