@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from model_fixtures import ours, random_weights, tiny_config
 
@@ -42,3 +43,12 @@ def random_static_tree(gen: torch.Generator, size: int, max_rank: int = 4):
         if free:
             paths.append(parent + (free[int(torch.randint(len(free), (), generator=gen))],))
     return paths
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

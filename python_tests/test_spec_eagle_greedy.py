@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from eagle_fixtures import random_head, random_static_tree, tiny_target
+from eagle_fixtures import one_thread, random_head, random_static_tree, tiny_target  # noqa: F401
 
 from adaeagle_ext.spec.chain import EagleChain
 from adaeagle_ext.spec.eagle import EagleTree

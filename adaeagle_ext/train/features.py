@@ -92,9 +92,9 @@ def target_features(model, seqs: list[list[int]], logits_from: list[int] | None 
         prefix = torch.tensor([min(start, n) for n in lens], dtype=torch.int32)
         positions, indptr, bits = chain_inputs(sizes, prefix)
         tokens = torch.tensor([t for s in seqs for t in s[start:start + MAX_TREE_NODES]])
-        rows = [torch.arange(int(indptr[b]) + max(0, logits_from[b] - start), int(indptr[b + 1]))
-                for b in range(len(seqs))]
-        rows = torch.cat(rows)
+        ends = indptr[1:].tolist()
+        rows = torch.cat([torch.arange(min(int(indptr[b]) + max(0, logits_from[b] - start),
+                                           ends[b]), ends[b]) for b in range(len(seqs))])
         logits, hidden = model(tokens, positions, indptr, bits, prefix, cache, logit_rows=rows)
         top = torch.full((tokens.numel(),), -1, dtype=torch.int64)
         top[rows] = logits.argmax(-1)
