@@ -55,8 +55,8 @@ def test_tree_nodes_see_only_their_ancestors(target):
     tree_ptr = torch.tensor([0, n], dtype=torch.int32)
     t_pos, t_bits = tree_inputs(torch.tensor(parents, dtype=torch.int32), tree_ptr, pl)
     # feed in two calls: the first four nodes, then the rest (earlier K/V reused)
-    head.forward_tree(t_tok[:4], t_feat[:4], t_pos[:4], cache, pl, torch.tensor([0, 4], dtype=torch.int32),
-                      t_bits[:4])
+    head.forward_tree(t_tok[:4], t_feat[:4], t_pos[:4], cache, pl,
+                      torch.tensor([0, 4], dtype=torch.int32), t_bits[:4])
     late = head.forward_tree(t_tok[4:], t_feat[4:], t_pos[4:], cache, pl, tree_ptr, t_bits,
                              torch.arange(4, n))
     for i in range(4, n):

@@ -49,8 +49,9 @@ class EagleChain(EagleBase):
                 toks = self.head.to_target_ids(logits.argmax(-1))
             else:
                 q = self.full_vocab_probs(logits, state)
-                toks = torch.stack([torch.multinomial(q[j], 1, generator=state.generators[act[i]])[0]
-                                    for j, i in enumerate(live)])
+                toks = torch.stack([
+                    torch.multinomial(q[j], 1, generator=state.generators[act[i]])[0]
+                    for j, i in enumerate(live)])
             for j, i in enumerate(live):
                 nodes[i].append((int(toks[j]), level - 1))
                 if not greedy:

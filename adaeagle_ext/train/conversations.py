@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 def _default_data_root() -> Path:
     """``$ADAEAGLE_TRAIN_DATA``, else the first ``shared/data/train`` beside a parent folder of
     the package (this workplace's layout)."""

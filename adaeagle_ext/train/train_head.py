@@ -242,8 +242,9 @@ def train(head: EagleHead, train_seqs, held_seqs, cfg: TrainConfig, checkpoint: 
             history.append({"step": step, "loss": float(loss.detach()),
                             "reg": float(reg.detach()), "cls": float(cls.detach())})
             bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", reg=f"{history[-1]['reg']:.3f}",
-                            cls=f"{history[-1]['cls']:.2f}", tok_s=f"{seen_tokens / max(elapsed, 1e-9):.0f}")
+            last = history[-1]
+            bar.set_postfix(loss=f"{last['loss']:.3f}", reg=f"{last['reg']:.3f}",
+                            cls=f"{last['cls']:.2f}", tok_s=f"{seen_tokens / max(elapsed, 1e-9):.0f}")
             if step % cfg.checkpoint_every == 0 or step == total:
                 save_checkpoint(checkpoint, head, opt, {"step": step, "elapsed": elapsed,
                                                         "epoch": epoch, "history": history,
