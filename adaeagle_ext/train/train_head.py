@@ -244,7 +244,8 @@ def train(head: EagleHead, train_seqs, held_seqs, cfg: TrainConfig, checkpoint: 
             bar.update(1)
             last = history[-1]
             bar.set_postfix(loss=f"{last['loss']:.3f}", reg=f"{last['reg']:.3f}",
-                            cls=f"{last['cls']:.2f}", tok_s=f"{seen_tokens / max(elapsed, 1e-9):.0f}")
+                            cls=f"{last['cls']:.2f}",
+                            tok_s=f"{seen_tokens / max(elapsed, 1e-9):.0f}")
             if step % cfg.checkpoint_every == 0 or step == total:
                 save_checkpoint(checkpoint, head, opt, {"step": step, "elapsed": elapsed,
                                                         "epoch": epoch, "history": history,
