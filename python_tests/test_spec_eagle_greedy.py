@@ -17,6 +17,8 @@ def strategies(head, gen):
         EagleChain("1", head=head), EagleChain("3", head=head), EagleChain("7", head=head),
         EagleTree(head=head), EagleTree("small", head=head),
         EagleTree(head=head, tree=random_static_tree(gen, 12)),
+        EagleTree(head=head,
+                  tree=random_static_tree(gen, int(torch.randint(1, 40, (), generator=gen)))),
         Eagle2(head=head), Eagle2("top_k=3,depth=6,total_tokens=9", head=head),
         Eagle2("top_k=8,depth=3,total_tokens=40", head=head),
     ]
@@ -41,7 +43,7 @@ def check_same(model, strategy, prompts, **kw):
     return stats
 
 
-@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("seed", range(6))
 def test_every_strategy_matches_ar(seed):
     model = tiny_target(seed=seed)
     head = random_head(model, seed=seed)
