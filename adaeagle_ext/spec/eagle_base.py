@@ -45,6 +45,8 @@ def resolve_head(head, target) -> EagleHead:
         if head is None and not loaded.matches(target):
             raise ValueError(f"the shipped EAGLE head ({path}) was trained for a different "
                              "target; pass head=<path> (train one with `adaeagle train-head`)")
+        if len(_LOADED) >= 4:  # a bound head keeps its target's embedding alive
+            _LOADED.pop(next(iter(_LOADED)))
         _LOADED[key] = loaded.bind(target)
     return _LOADED[key]
 
