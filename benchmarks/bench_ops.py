@@ -59,8 +59,7 @@ def main() -> None:
     lines = [
         f"# adaeagle ops vs PyTorch ({args.device})",
         "",
-        "Command: `python benchmarks/bench_ops.py --device {} --threads {}`".format(
-            args.device, args.threads),
+        f"Command: `python benchmarks/bench_ops.py --device {args.device} --threads {args.threads}`",
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
         "",

@@ -8,7 +8,6 @@ row permutation is undone on the packed rows too, as each row is quantised on it
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass
 from pathlib import Path
 
