@@ -46,11 +46,12 @@ TORCH_LIBRARY(adaeagle, m) {
       "Tensor next_sibling, Tensor tree_indptr, Tensor(a!) accept_local, "
       "Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()");
 
-  // Attention of tree tokens over their cached prefix and tree ancestors (mode 0 full,
-  // 1 prefix-only, 2 tree-only), optional natural-log LSE.
+  // Attention of tree tokens over their cached prefix and tree ancestors (attn_mode 0 full,
+  // 1 prefix-only, 2 tree-only), optional natural-log LSE. (An argument named `mode` would
+  // collide with torch's dispatch-mode helpers under opcheck / torch.compile.)
   m.def(
       "tree_attention(Tensor q, Tensor kv_cache, int layer, Tensor prefix_lens, "
-      "Tensor tree_indptr, Tensor mask_bits, float scale, int mode, Tensor(a!) out, "
+      "Tensor tree_indptr, Tensor mask_bits, float scale, int attn_mode, Tensor(a!) out, "
       "Tensor(b!)? lse) -> ()");
 
   // Combine two partial attentions over disjoint keys by their LSE.

@@ -49,8 +49,22 @@ inline void store8(float* p, Vec8 v) {
   std::memcpy(p, &v, sizeof v);
 }
 inline Vec8 splat8(float x) {
-  return Vec8{} + x;
+  return Vec8{x, x, x, x, x, x, x, x};
 }
+// Broadcast of *p. On the AVX2 path an explicit vbroadcastss from memory: left to itself GCC
+// assembles splats with shuffles, which cost more than the FMAs they feed.
+template <bool kAvx2>
+inline Vec8 bcast8(const float* p) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if constexpr (kAvx2) {
+    Vec8 v;
+    asm("vbroadcastss %1, %0" : "=x"(v) : "m"(*p));
+    return v;
+  }
+#endif
+  return splat8(*p);
+}
+
 inline float hsum8(Vec8 v) {
   float s = v[0];
   for (int i = 1; i < kLanes; ++i) s += v[i];
@@ -133,23 +147,29 @@ Scratch& thread_scratch() {
   return s;
 }
 
-// Scores of two query rows against a transposed key block kt [D][kBlock].
-template <int D>
-inline void score_pair(const float* qa, const float* qb, const float* kt, float* sa, float* sb) {
-  Vec8 a[kBlockVecs] = {};
-  Vec8 b[kBlockVecs] = {};
-  for (int d = 0; d < D; ++d) {
-    const Vec8 x = splat8(qa[d]);
-    const Vec8 y = splat8(qb[d]);
-    for (int v = 0; v < kBlockVecs; ++v) {
-      const Vec8 k = load8(kt + d * kBlock + v * kLanes);
-      a[v] += x * k;
-      b[v] += y * k;
+// Register tiles: kTileRows query rows x 16 columns (two vectors), 8 accumulators that leave
+// room for the operands in the 16 AVX2 registers. Row tails use tiles of 2 and 1 rows.
+constexpr int kTileRows = 6;
+constexpr int kTileCols = 2 * kLanes;
+
+// sc [R][kBlock] = scores of R query rows q [R][D] against a transposed key block kt [D][kBlock].
+template <bool kAvx2, int D, int R>
+inline void score_tile(const float* q, const float* kt, float* sc) {
+  for (int col = 0; col < kBlock; col += kTileCols) {
+    Vec8 acc[R][2] = {};
+    for (int d = 0; d < D; ++d) {
+      const Vec8 k0 = load8(kt + d * kBlock + col);
+      const Vec8 k1 = load8(kt + d * kBlock + col + kLanes);
+      for (int r = 0; r < R; ++r) {
+        const Vec8 x = bcast8<kAvx2>(q + r * D + d);
+        acc[r][0] += x * k0;
+        acc[r][1] += x * k1;
+      }
     }
-  }
-  for (int v = 0; v < kBlockVecs; ++v) {
-    store8(sa + v * kLanes, a[v]);
-    store8(sb + v * kLanes, b[v]);
+    for (int r = 0; r < R; ++r) {
+      store8(sc + r * kBlock + col, acc[r][0]);
+      store8(sc + r * kBlock + col + kLanes, acc[r][1]);
+    }
   }
 }
 
@@ -160,11 +180,10 @@ struct BlockKeys {
   int prefix_len;
 };
 
-// Online-softmax update of one query row with the scores `sc` of a key block, and
-// accumulation of the block's V rows (vrows[c] for lane c) into the row's output sum o [D].
-template <int D>
-inline void update_row(float* sc, const BlockKeys& blk, uint64_t bits, SoftmaxState* st,
-                       float* o, const float* const* vrows) {
+// Online-softmax step of one query row over a key block: masks the scores `sc` [kBlock],
+// replaces them by their weights exp2(s - m) (all 0 when no key is visible), updates the state
+// and returns the factor for the row's previous output sum.
+inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, SoftmaxState* st) {
   if (blk.needs_mask) {
     for (int c = 0; c < kBlock; ++c) {
       const bool visible = c >= blk.first && c < blk.last &&
@@ -178,31 +197,61 @@ inline void update_row(float* sc, const BlockKeys& blk, uint64_t bits, SoftmaxSt
     mx = mx > s ? mx : s;
   }
   const float block_max = hmax8(mx);
-  if (block_max == attn_neg_inf()) return;
+  if (block_max == attn_neg_inf()) {
+    for (int v = 0; v < kBlockVecs; ++v) store8(sc + v * kLanes, Vec8{});
+    return 1.0f;
+  }
   const float alpha = softmax_state_raise(st, block_max);
   const Vec8 m = splat8(st->m);
   Vec8 sum = {};
   for (int v = 0; v < kBlockVecs; ++v) {
-    const Vec8 p = exp2_8(load8(sc + v * kLanes) - m);
-    store8(sc + v * kLanes, p);
-    sum += p;
+    const Vec8 w = exp2_8(load8(sc + v * kLanes) - m);
+    store8(sc + v * kLanes, w);
+    sum += w;
   }
   st->l += hsum8(sum);
-  for (int h = 0; h < D; h += kOutSlice) {
-    Vec8 acc[kOutSlice / kLanes];
-    for (int i = 0; i < kOutSlice / kLanes; ++i) acc[i] = load8(o + h + i * kLanes);
-    if (alpha != 1.0f) {
-      for (int i = 0; i < kOutSlice / kLanes; ++i) acc[i] *= alpha;
+  return alpha;
+}
+
+// o [R][D] = o * alpha[r] + w [R][kBlock] x V, over the block's lanes [first, last) whose V rows
+// are vrows[c]. Masked keys have weight 0 and add exact zeros.
+template <bool kAvx2, int D, int R>
+inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys& blk,
+                            const float* const* vrows, float* o) {
+  for (int col = 0; col < D; col += kTileCols) {
+    Vec8 acc[R][2];
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = load8(o + r * D + col) * alpha[r];
+      acc[r][1] = load8(o + r * D + col + kLanes) * alpha[r];
     }
     for (int c = blk.first; c < blk.last; ++c) {
-      const float p = sc[c];
-      if (p == 0.0f) continue;  // masked key (adding 0 * v would change nothing)
-      const Vec8 pv = splat8(p);
-      const float* v = vrows[c] + h;
-      for (int i = 0; i < kOutSlice / kLanes; ++i) acc[i] += pv * load8(v + i * kLanes);
+      const Vec8 v0 = load8(vrows[c] + col);
+      const Vec8 v1 = load8(vrows[c] + col + kLanes);
+      for (int r = 0; r < R; ++r) {
+        const Vec8 x = bcast8<kAvx2>(w + r * kBlock + c);
+        acc[r][0] += x * v0;
+        acc[r][1] += x * v1;
+      }
     }
-    for (int i = 0; i < kOutSlice / kLanes; ++i) store8(o + h + i * kLanes, acc[i]);
+    for (int r = 0; r < R; ++r) {
+      store8(o + r * D + col, acc[r][0]);
+      store8(o + r * D + col + kLanes, acc[r][1]);
+    }
   }
+}
+
+// One key block for query rows [row, row + R).
+template <bool kAvx2, int D, int R>
+inline void block_tile(int row, const float* qs, const float* kt, const BlockKeys& blk,
+                       const float* const* vrows, const uint64_t* bits, SoftmaxState* st,
+                       float* o) {
+  alignas(32) float sc[R * kBlock];
+  float alpha[R];
+  score_tile<kAvx2, D, R>(qs + row * D, kt, sc);
+  for (int r = 0; r < R; ++r) {
+    alpha[r] = softmax_block(sc + r * kBlock, blk, bits[row + r], &st[row + r]);
+  }
+  accumulate_tile<kAvx2, D, R>(sc, alpha, blk, vrows, o + row * D);
 }
 
 // Writes row r (tree token r / group, head g * group + r % group) of request b from its output
@@ -218,7 +267,7 @@ void write_row(const Problem<T>& p, int b, int g, int r, int dim, const float* o
   if (p.lse != nullptr) p.lse[idx] = softmax_state_lse(st);
 }
 
-template <typename T, int D>
+template <bool kAvx2, typename T, int D>
 inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   const TreeAttentionShape& sh = p.shape;
   const int64_t start = p.indptr[task.b];
@@ -226,25 +275,23 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   const int prefix = p.prefix_lens[task.b];
   const int group = static_cast<int>(p.group);
   const int rows = tree * group;
-  const int rows_padded = rows + (rows & 1);
 
   Scratch& s = thread_scratch();
-  if (s.q.size() < static_cast<size_t>(rows_padded) * D) {
-    s.q.resize(static_cast<size_t>(rows_padded) * D);
-    s.o.resize(static_cast<size_t>(rows_padded) * D);
+  if (s.q.size() < static_cast<size_t>(rows) * D) {
+    s.q.resize(static_cast<size_t>(rows) * D);
+    s.o.resize(static_cast<size_t>(rows) * D);
   }
-  if (s.st.size() < static_cast<size_t>(rows_padded)) {
-    s.st.resize(rows_padded);
-    s.bits.resize(rows_padded);
+  if (s.st.size() < static_cast<size_t>(rows)) {
+    s.st.resize(rows);
+    s.bits.resize(rows);
   }
   float* qs = s.q.data();
   float* o = s.o.data();
   SoftmaxState* st = s.st.data();
   uint64_t* bits = s.bits.data();
-  for (int r = 0; r < rows_padded; ++r) {
-    const int rr = r < rows ? r : rows - 1;  // the padding row repeats the last one
-    const int64_t t = rr / group;
-    const T* src = p.q + ((start + t) * sh.heads + task.g * group + rr % group) * D;
+  for (int r = 0; r < rows; ++r) {
+    const int64_t t = r / group;
+    const T* src = p.q + ((start + t) * sh.heads + task.g * group + r % group) * D;
     for (int d = 0; d < D; ++d) qs[r * D + d] = to_float(src[d]) * p.qscale;
     for (int d = 0; d < D; ++d) o[r * D + d] = 0.0f;
     bits[r] = i64_to_bits(p.mask_bits[start + t]);
@@ -258,7 +305,6 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
                                           sh.s_max, sh.hkv, D);
   alignas(32) float kt[D * kBlock];
   alignas(32) float vconv[kBlock * D];
-  alignas(32) float sc[2][kBlock];
   const float* vrows[kBlock];
   for (int bs = task.lo - task.lo % kBlock; bs < task.hi; bs += kBlock) {
     BlockKeys blk;
@@ -283,11 +329,12 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
         vrows[c] = vconv + c * D;
       }
     }
-    for (int r = 0; r < rows_padded; r += 2) {
-      score_pair<D>(qs + r * D, qs + (r + 1) * D, kt, sc[0], sc[1]);
-      update_row<D>(sc[0], blk, bits[r], &st[r], o + r * D, vrows);
-      update_row<D>(sc[1], blk, bits[r + 1], &st[r + 1], o + (r + 1) * D, vrows);
+    int r = 0;
+    for (; r + kTileRows <= rows; r += kTileRows) {
+      block_tile<kAvx2, D, kTileRows>(r, qs, kt, blk, vrows, bits, st, o);
     }
+    for (; r + 2 <= rows; r += 2) block_tile<kAvx2, D, 2>(r, qs, kt, blk, vrows, bits, st, o);
+    for (; r < rows; ++r) block_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
   }
 
   if (task.partial < 0) {
@@ -305,7 +352,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
 template <typename T, int D>
 __attribute__((flatten)) void run_task_generic(const Problem<T>& p, const Task& task,
                                                float* partials) {
-  run_task<T, D>(p, task, partials);
+  run_task<false, T, D>(p, task, partials);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -313,7 +360,7 @@ template <typename T, int D>
 __attribute__((target("avx2,fma"), flatten)) void run_task_avx2(const Problem<T>& p,
                                                                 const Task& task,
                                                                 float* partials) {
-  run_task<T, D>(p, task, partials);
+  run_task<true, T, D>(p, task, partials);
 }
 
 bool cpu_has_avx2() {
