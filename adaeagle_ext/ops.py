@@ -160,7 +160,7 @@ def tree_attention(
     if lse is None and want_lse:
         lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     if validate and q.device.type != "cpu":
-        _validate_tree_batch(kv_cache.shape[3], prefix_lens, tree_indptr)
+        _validate_tree_batch(q.shape[0], kv_cache.shape[3], prefix_lens, tree_indptr)
     if _flash_attn_applies(use_flash_attn, q, mode):
         if lse is None:
             lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
@@ -204,14 +204,19 @@ def merge_attn_states(
     return out, lse
 
 
-def _validate_tree_batch(s_max: int, prefix_lens: torch.Tensor, tree_indptr: torch.Tensor):
+def _validate_tree_batch(num_nodes: int, s_max: int, prefix_lens: torch.Tensor,
+                         tree_indptr: torch.Tensor) -> None:
+    """Host-side version of the CPU kernel's data checks (one sync), for CUDA inputs."""
     indptr = tree_indptr.cpu().tolist()
     prefix = prefix_lens.cpu().tolist()
+    if indptr[0] != 0 or indptr[-1] != num_nodes:
+        raise RuntimeError(f"tree_attention: tree_indptr must run from 0 to q.size(0)="
+                           f"{num_nodes}, got {indptr[0]} .. {indptr[-1]}")
     for b, plen in enumerate(prefix):
         size = indptr[b + 1] - indptr[b]
         if not 0 <= size <= MAX_TREE_NODES:
-            raise RuntimeError(f"tree_attention: request {b} has {size} tree tokens, at most "
-                               f"{MAX_TREE_NODES} allowed")
+            raise RuntimeError(f"tree_attention: request {b} has {size} tree tokens, expected "
+                               f"0 to {MAX_TREE_NODES}")
         if plen < 0 or plen + size > s_max:
             raise RuntimeError(f"tree_attention: request {b}: prefix_lens + tree tokens = "
                                f"{plen} + {size} exceeds the cache length S_max={s_max}")

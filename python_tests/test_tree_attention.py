@@ -4,6 +4,10 @@ random trees against ref.py, full == merge(prefix, tree), opcheck, bad input."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,6 +184,29 @@ def test_batch_invariance_on_cpu(dtype):
     assert torch.equal(both[:size], whole)
 
 
+def test_portable_path_without_avx2():
+    """The kernel without the AVX2 code path (ADAEAGLE_NO_AVX2=1) against the reference."""
+    script = (
+        "import sys, torch\n"
+        "sys.path.insert(0, 'python_tests')\n"
+        "from test_tree_attention import make_problem, check_close\n"
+        "from adaeagle_ext import ops, ref\n"
+        "gen = torch.Generator().manual_seed(4)\n"
+        "for dtype in (torch.float32, torch.bfloat16):\n"
+        "    q, cache, prefix, indptr, mask = make_problem(gen, 2, 9, 3, 64, dtype)\n"
+        "    out, lse = ops.tree_attention(q, cache, 1, prefix, indptr, mask, return_lse=True)\n"
+        "    want = ref.tree_attention(q, cache, 1, prefix, indptr, mask, 0.125)\n"
+        "    check_close(out, lse, *want, dtype)\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, ADAEAGLE_NO_AVX2="1", PYTHONPATH=os.pathsep.join(
+        [str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_full_equals_merged_parts(device):
     gen = torch.Generator().manual_seed(11)
     for dtype in (torch.float32, torch.bfloat16):
@@ -319,6 +346,18 @@ def test_bad_tree_size_and_mode():
     with pytest.raises(RuntimeError, match="lse must be Float"):
         ops.tree_attention(q[:3], cache, 0, i32([0]), i32([0, 3]), mask[:3],
                            lse=torch.zeros(3, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("indptr,prefix,message", [
+    ([0, 3], [6], "exceeds the cache length"),
+    ([0, 2], [0], "from 0 to q.size"),
+    ([0, 70, 3], [0, 0], "expected 0 to 64"),
+])
+def test_host_validation_for_cuda(indptr, prefix, message):
+    # What validate=True runs before a CUDA launch (the CUDA kernel cannot raise).
+    with pytest.raises(RuntimeError, match=message):
+        ops._validate_tree_batch(3, 8, i32(prefix), i32(indptr))
+    ops._validate_tree_batch(3, 8, i32([2]), i32([0, 3]))
 
 
 def test_merge_bad_input():

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <type_traits>
@@ -363,8 +364,10 @@ __attribute__((target("avx2,fma"), flatten)) void run_task_avx2(const Problem<T>
   run_task<true, T, D>(p, task, partials);
 }
 
+// ADAEAGLE_NO_AVX2=1 (read once) forces the portable path, so tests can run it here too.
 bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("ADAEAGLE_NO_AVX2") == nullptr;
   return has;
 }
 #endif
