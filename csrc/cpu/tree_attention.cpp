@@ -3,9 +3,9 @@
 // Work is split into tasks (request, kv head, chunk of kChunk keys); tasks run in parallel,
 // longest first, and the chunks of one (request, kv head) are merged by their softmax state
 // afterwards. A task loads its queries (all tree tokens x the heads of the GQA group) into a
-// local fp32 buffer, then walks its keys in blocks of kBlock: the block's K rows are
-// transposed into fp32 once and scored against every query row (two rows at a time), then
-// each row does an online-softmax update and accumulates the block's V rows. So each K/V row
+// local fp32 buffer, then walks its keys in blocks of kBlockFor<D>: the block's K rows are
+// transposed into fp32 once and scored against every query row (register tiles of 6 rows),
+// then each row does an online-softmax update and accumulates the block's V rows. Each K/V row
 // is read from the cache once per call.
 //
 // Batch invariance: chunks and blocks start at fixed multiples of the key index, masked keys
@@ -33,9 +33,10 @@ namespace adaeagle::cpu {
 namespace {
 
 constexpr int kChunk = 256;  // keys per task
-constexpr int kBlock = 32;   // keys scored together
 constexpr int kLanes = 8;
-constexpr int kBlockVecs = kBlock / kLanes;
+// Keys scored together: the transposed block [D][kBlock] stays within 16 KiB of L1.
+template <int D>
+constexpr int kBlockFor = D <= 64 ? 64 : 32;
 constexpr int kOutSlice = 64;  // output dims accumulated in registers at once
 
 typedef float Vec8 __attribute__((vector_size(32)));
@@ -156,6 +157,7 @@ constexpr int kTileCols = 2 * kLanes;
 // sc [R][kBlock] = scores of R query rows q [R][D] against a transposed key block kt [D][kBlock].
 template <bool kAvx2, int D, int R>
 inline void score_tile(const float* q, const float* kt, float* sc) {
+  constexpr int kBlock = kBlockFor<D>;
   for (int col = 0; col < kBlock; col += kTileCols) {
     Vec8 acc[R][2] = {};
     for (int d = 0; d < D; ++d) {
@@ -184,7 +186,9 @@ struct BlockKeys {
 // Online-softmax step of one query row over a key block: masks the scores `sc` [kBlock],
 // replaces them by their weights exp2(s - m) (all 0 when no key is visible), updates the state
 // and returns the factor for the row's previous output sum.
+template <int kBlock>
 inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, SoftmaxState* st) {
+  constexpr int kBlockVecs = kBlock / kLanes;
   if (blk.needs_mask) {
     for (int c = 0; c < kBlock; ++c) {
       const bool visible = c >= blk.first && c < blk.last &&
@@ -219,6 +223,7 @@ inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, Softm
 template <bool kAvx2, int D, int R>
 inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys& blk,
                             const float* const* vrows, float* o) {
+  constexpr int kBlock = kBlockFor<D>;
   for (int col = 0; col < D; col += kTileCols) {
     Vec8 acc[R][2];
     for (int r = 0; r < R; ++r) {
@@ -246,11 +251,12 @@ template <bool kAvx2, int D, int R>
 inline void block_tile(int row, const float* qs, const float* kt, const BlockKeys& blk,
                        const float* const* vrows, const uint64_t* bits, SoftmaxState* st,
                        float* o) {
+  constexpr int kBlock = kBlockFor<D>;
   alignas(32) float sc[R * kBlock];
   float alpha[R];
   score_tile<kAvx2, D, R>(qs + row * D, kt, sc);
   for (int r = 0; r < R; ++r) {
-    alpha[r] = softmax_block(sc + r * kBlock, blk, bits[row + r], &st[row + r]);
+    alpha[r] = softmax_block<kBlock>(sc + r * kBlock, blk, bits[row + r], &st[row + r]);
   }
   accumulate_tile<kAvx2, D, R>(sc, alpha, blk, vrows, o + row * D);
 }
@@ -299,6 +305,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     st[r] = softmax_state_empty();
   }
 
+  constexpr int kBlock = kBlockFor<D>;
   const int64_t row_stride = sh.hkv * D;
   const T* kbase = p.kv + kv_cache_offset(p.layer, 0, task.b, 0, task.g, sh.cache_batch,
                                           sh.s_max, sh.hkv, D);
@@ -418,7 +425,7 @@ void run(const Problem<T>& p) {
       const int64_t first = static_cast<int64_t>(tasks.size());
       for (int c = lo - lo % kChunk; c < hi; c += kChunk) {
         const int clo = std::max(c, lo), chi = std::min(c + kChunk, hi);
-        tasks.push_back({b, g, clo, chi, -1, int64_t{chi - clo + kBlock} * rows});
+        tasks.push_back({b, g, clo, chi, -1, int64_t{chi - clo + 32} * rows});
       }
       if (hi <= lo) tasks.push_back({b, g, lo, lo, -1, rows});
       const int64_t count = static_cast<int64_t>(tasks.size()) - first;
