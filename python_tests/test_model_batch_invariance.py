@@ -56,9 +56,6 @@ def test_verify_pass_equals_one_token_steps(dtype, ggml_type):
         assert torch.equal(hidden[0], hidden_all[i]), f"row {i}"
 
 
-@pytest.mark.xfail(strict=True, reason="tree_attention assigns a tree key to the SIMD lane of "
-                   "its cache row, not of its depth, so a branch's rows round differently from "
-                   "the same path run as a chain")
 def test_tree_rows_equal_their_paths_alone():
     model = packed_model(torch.float32, ops.GGML_Q4_1)
     gen = torch.Generator().manual_seed(2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_batch
+from conftest import random_batch, random_parents
 
 from adaeagle_ext import ops, ref
 
@@ -182,6 +182,49 @@ def test_batch_invariance_on_cpu(dtype):
                               i32([0, size, size + 30]),
                               torch.cat([chain, torch.ones(30, dtype=torch.int64)]))
     assert torch.equal(both[:size], whole)
+
+
+
+def root_to_node_paths(parents: list[int]) -> list[list[int]]:
+    paths: list[list[int]] = []
+    for node, parent in enumerate(parents):
+        paths.append((paths[parent] if parent >= 0 else []) + [node])
+    return paths
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tree_rows_equal_their_paths_as_chains_on_cpu(dim, dtype):
+    """Every node's row equals, bit for bit, the last row of its root-to-node path verified as
+    a chain (its K/V rows copied to consecutive cache rows): tree verification == plain
+    autoregressive decoding. Prefixes straddle key blocks (64) and the 256-key chunks."""
+    gen = torch.Generator().manual_seed(dim + len(str(dtype)))
+    heads, hkv, layers = 9, 3, 2
+    for prefix, size, bushiness in ((60, 20, 0.6), (63, 64, 0.3), (66, 40, 0.8), (70, 9, 1.0),
+                                    (250, 30, 0.5), (255, 64, 0.4), (256, 12, 0.7),
+                                    (260, 50, 0.5), (0, 33, 0.5)):
+        parents = random_parents(gen, size, bushiness)
+        paths = root_to_node_paths(parents)
+        indptr, prefix_lens = i32([0, size]), i32([prefix])
+        mask = ref.build_tree(i32(parents), indptr, prefix_lens, 63, 64)[0]
+        cache = torch.randn(layers, 2, 1, prefix + size + 5, hkv, dim, generator=gen).to(dtype)
+        q = torch.randn(size, heads, dim, generator=gen).to(dtype)
+        tree_out = ops.tree_attention(q, cache, 1, prefix_lens, indptr, mask)
+
+        # One request per node: the node's path as a chain after the same prefix.
+        chains = cache[:, :, :1].repeat(1, 1, size, 1, 1, 1)
+        chain_q, chain_mask, chain_indptr = [], [], [0]
+        for node, path in enumerate(paths):
+            rows = [prefix + a for a in path]
+            chains[:, :, node, prefix : prefix + len(path)] = cache[:, :, 0, rows]
+            chain_q.append(q[path])
+            chain_mask += [(1 << (k + 1)) - 1 for k in range(len(path))]
+            chain_indptr.append(chain_indptr[-1] + len(path))
+        chain_out = ops.tree_attention(torch.cat(chain_q), chains, 1, i32([prefix] * size),
+                                       i32(chain_indptr), torch.tensor(chain_mask))
+        for node in range(size):
+            assert torch.equal(tree_out[node], chain_out[chain_indptr[node + 1] - 1]), \
+                (prefix, size, node, paths[node])
 
 
 def test_portable_path_without_avx2():

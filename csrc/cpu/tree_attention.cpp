@@ -8,10 +8,18 @@
 // then each row does an online-softmax update and accumulates the block's V rows. Each K/V row
 // is read from the cache once per call.
 //
-// Batch invariance: chunks and blocks start at fixed multiples of the key index, masked keys
-// contribute exact zeros and empty chunks merge as exact identities, so a row's result does
-// not depend on T, B or the thread count (a chain verified in one call matches T one-token
-// calls bit for bit).
+// Logical keys: a row of tree token t sees the prefix rows and its visible tree nodes
+// a_0 < a_1 < ... (root-to-node order for a tree). Keys are indexed logically, prefix + k being
+// the row prefix + a_k, i.e. where that path would sit if it were decoded as a chain. Chunks,
+// blocks and SIMD lanes are placed by logical index: blocks of prefix rows only are shared by
+// all query rows; a block reaching into [prefix, prefix + T) is gathered per tree token (its
+// ancestors at their logical lanes) and scored for that token's rows alone.
+//
+// Batch invariance: chunks and blocks start at fixed multiples of the logical key index, masked
+// keys contribute exact zeros and empty chunks merge as exact identities, so a row's result
+// does not depend on T, B or the thread count: a chain verified in one call matches T
+// one-token calls bit for bit, and every node of a tree matches its root-to-node path run as a
+// chain.
 #include "cpu/tree_attention.h"
 
 #include <ATen/Parallel.h>
@@ -141,7 +149,10 @@ struct ChunkedHead {
 struct Scratch {
   std::vector<float> q, o;
   std::vector<SoftmaxState> st;
-  std::vector<uint64_t> bits;
+  std::vector<uint64_t> all_visible;  // per row: every lane of a gathered block is visible
+  std::vector<float> ktree, vtree;    // [T][D] the request's tree K and V rows in fp32
+  std::vector<int8_t> ancestors;      // [T][kMaxTreeNodes] visible tree nodes in id order
+  std::vector<int32_t> num_visible;   // [T] visible tree nodes per token
 };
 
 Scratch& thread_scratch() {
@@ -261,6 +272,20 @@ inline void block_tile(int row, const float* qs, const float* kt, const BlockKey
   accumulate_tile<kAvx2, D, R>(sc, alpha, blk, vrows, o + row * D);
 }
 
+// One key block for query rows [begin, end), in register tiles. Tiles do not change a row's
+// arithmetic, only how many rows share the loads.
+template <bool kAvx2, int D>
+inline void block_rows(int begin, int end, const float* qs, const float* kt,
+                       const BlockKeys& blk, const float* const* vrows, const uint64_t* bits,
+                       SoftmaxState* st, float* o) {
+  int r = begin;
+  for (; r + kTileRows <= end; r += kTileRows) {
+    block_tile<kAvx2, D, kTileRows>(r, qs, kt, blk, vrows, bits, st, o);
+  }
+  for (; r + 2 <= end; r += 2) block_tile<kAvx2, D, 2>(r, qs, kt, blk, vrows, bits, st, o);
+  for (; r < end; ++r) block_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
+}
+
 // Writes row r (tree token r / group, head g * group + r % group) of request b from its output
 // sum o [dim] and softmax state.
 template <typename T>
@@ -290,18 +315,17 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   }
   if (s.st.size() < static_cast<size_t>(rows)) {
     s.st.resize(rows);
-    s.bits.resize(rows);
+    s.all_visible.assign(rows, ~uint64_t{0});
   }
   float* qs = s.q.data();
   float* o = s.o.data();
   SoftmaxState* st = s.st.data();
-  uint64_t* bits = s.bits.data();
+  const uint64_t* all_visible = s.all_visible.data();
   for (int r = 0; r < rows; ++r) {
     const int64_t t = r / group;
     const T* src = p.q + ((start + t) * sh.heads + task.g * group + r % group) * D;
     for (int d = 0; d < D; ++d) qs[r * D + d] = to_float(src[d]) * p.qscale;
     for (int d = 0; d < D; ++d) o[r * D + d] = 0.0f;
-    bits[r] = i64_to_bits(p.mask_bits[start + t]);
     st[r] = softmax_state_empty();
   }
 
@@ -311,6 +335,41 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
                                           sh.s_max, sh.hkv, D);
   const T* vbase = p.kv + kv_cache_offset(p.layer, 1, task.b, 0, task.g, sh.cache_batch,
                                           sh.s_max, sh.hkv, D);
+  // The tree part, for a task whose (logical) keys reach past the prefix.
+  const bool has_tree_keys = task.hi > prefix;
+  float* ktree = nullptr;
+  float* vtree = nullptr;
+  int8_t* anc = nullptr;
+  int32_t* num_visible = nullptr;
+  if (has_tree_keys) {
+    if (s.ktree.size() < static_cast<size_t>(tree) * D) {
+      s.ktree.resize(static_cast<size_t>(tree) * D);
+      s.vtree.resize(static_cast<size_t>(tree) * D);
+    }
+    if (s.num_visible.size() < static_cast<size_t>(tree)) {
+      s.ancestors.resize(static_cast<size_t>(tree) * kMaxTreeNodes);
+      s.num_visible.resize(tree);
+    }
+    ktree = s.ktree.data();
+    vtree = s.vtree.data();
+    anc = s.ancestors.data();
+    num_visible = s.num_visible.data();
+    for (int j = 0; j < tree; ++j) {
+      const T* krow = kbase + static_cast<int64_t>(prefix + j) * row_stride;
+      const T* vrow = vbase + static_cast<int64_t>(prefix + j) * row_stride;
+      for (int d = 0; d < D; ++d) ktree[j * D + d] = to_float(krow[d]);
+      for (int d = 0; d < D; ++d) vtree[j * D + d] = to_float(vrow[d]);
+    }
+    const uint64_t tree_bits = tree >= 64 ? ~uint64_t{0} : (uint64_t{1} << tree) - 1;
+    for (int t = 0; t < tree; ++t) {
+      uint64_t bits = i64_to_bits(p.mask_bits[start + t]) & tree_bits;
+      int n = 0;
+      for (; bits != 0; bits &= bits - 1) {
+        anc[t * kMaxTreeNodes + n++] = static_cast<int8_t>(__builtin_ctzll(bits));
+      }
+      num_visible[t] = n;
+    }
+  }
   alignas(32) float kt[D * kBlock];
   alignas(32) float vconv[kBlock * D];
   const float* vrows[kBlock];
@@ -320,9 +379,9 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     blk.first = std::max(task.lo - bs, 0);
     blk.last = std::min(task.hi - bs, kBlock);
     blk.prefix_len = prefix;
-    blk.needs_mask = blk.first > 0 || blk.last < kBlock || bs + blk.last > prefix;
+    blk.needs_mask = blk.first > 0 || blk.last < kBlock;
     for (int c = 0; c < kBlock; ++c) {
-      if (c < blk.first || c >= blk.last) {
+      if (c < blk.first || c >= blk.last || bs + c >= prefix) {  // tree lanes: per token
         for (int d = 0; d < D; ++d) kt[d * kBlock + c] = 0.0f;
         vrows[c] = nullptr;
         continue;
@@ -337,12 +396,26 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
         vrows[c] = vconv + c * D;
       }
     }
-    int r = 0;
-    for (; r + kTileRows <= rows; r += kTileRows) {
-      block_tile<kAvx2, D, kTileRows>(r, qs, kt, blk, vrows, bits, st, o);
+    if (bs + blk.last <= prefix) {  // prefix keys only: shared by every row
+      block_rows<kAvx2, D>(0, rows, qs, kt, blk, vrows, all_visible, st, o);
+      continue;
     }
-    for (; r + 2 <= rows; r += 2) block_tile<kAvx2, D, 2>(r, qs, kt, blk, vrows, bits, st, o);
-    for (; r < rows; ++r) block_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
+    // Lanes from tree_lane on hold logical tree keys: gathered per token from its ancestors;
+    // lanes past the token's last visible node keep stale keys and are masked.
+    const int tree_lane = std::max(prefix - bs, blk.first);
+    for (int t = 0; t < tree; ++t) {
+      BlockKeys tb = blk;
+      tb.last = std::min(blk.last, prefix + num_visible[t] - bs);
+      if (tb.last <= tb.first) continue;  // no key of this token in the block
+      tb.needs_mask = tb.first > 0 || tb.last < kBlock;
+      for (int c = tree_lane; c < tb.last; ++c) {
+        const int node = anc[t * kMaxTreeNodes + bs + c - prefix];
+        const float* krow = ktree + node * D;
+        for (int d = 0; d < D; ++d) kt[d * kBlock + c] = krow[d];
+        vrows[c] = vtree + node * D;
+      }
+      block_rows<kAvx2, D>(t * group, (t + 1) * group, qs, kt, tb, vrows, all_visible, st, o);
+    }
   }
 
   if (task.partial < 0) {
