@@ -3,6 +3,9 @@
 // tree_attention: one block per (head, request); warp w handles tree tokens w, w + kWarps, ...
 // and walks the visible keys one at a time with an online softmax in fp32; lane l holds dims
 // l, l + 32, ... of the query and of the output sum.
+//
+// Visible keys are taken one at a time in increasing row order, which for a tree is
+// root-to-node order: a tree row does the same arithmetic as its path run as a chain.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
