@@ -1,0 +1,1 @@
+"""Spec-Bench harness: ``adaeagle bench`` (prompts, runner, metrics, losslessness, peers, report)."""
