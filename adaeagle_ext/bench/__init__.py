@@ -1,1 +1,1 @@
-"""Spec-Bench harness: ``adaeagle bench`` (prompts, runner, metrics, losslessness, peers, report)."""
+"""Spec-Bench harness behind ``adaeagle bench``: prompts, runner, metrics, peers, report."""

@@ -43,7 +43,7 @@ class Divergence:
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
     """Index of the first position where a and b differ (a prefix differs at its end)."""
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
@@ -53,15 +53,19 @@ def find_divergence(ref: QuestionResult, got: QuestionResult) -> Divergence | No
     """The first (turn, position) where ``got`` differs from ``ref``; None if identical."""
     if ref.qid != got.qid or len(ref.turns) != len(got.turns):
         raise ValueError(f"question {got.qid}: results do not describe the same question")
-    for turn, (r, g) in enumerate(zip(ref.turns, got.turns)):
+    for turn, (r, g) in enumerate(zip(ref.turns, got.turns, strict=True)):
         if r.prompt_ids != g.prompt_ids:
             raise ValueError(f"question {got.qid} turn {turn}: prompts differ although all "
                              "earlier output was identical")
         pos = first_difference(r.token_ids, g.token_ids)
         if pos is not None:
-            at = lambda ids: ids[pos] if pos < len(ids) else None  # noqa: E731
-            return Divergence(got.qid, got.task, turn, pos, at(r.token_ids), at(g.token_ids))
+            return Divergence(got.qid, got.task, turn, pos, _at(r.token_ids, pos),
+                              _at(g.token_ids, pos))
     return None
+
+
+def _at(ids: list[int], pos: int) -> int | None:
+    return ids[pos] if pos < len(ids) else None
 
 
 def runtime_logits(model: LlamaForCausalLM) -> LogitsFn:

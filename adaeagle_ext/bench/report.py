@@ -177,10 +177,11 @@ def _plots(run: BenchRun, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     d = [run.summaries[m][OVERALL].draft_frac for m in timed]
     v = [run.summaries[m][OVERALL].verify_frac for m in timed]
-    rest = [1 - a - b for a, b in zip(d, v)]
+    rest = [1 - a - b for a, b in zip(d, v, strict=True)]
     ax.bar(timed, d, label="draft")
     ax.bar(timed, v, bottom=d, label="verify (target forward + accept)")
-    ax.bar(timed, rest, bottom=[a + b for a, b in zip(d, v)], label="other (prefill, loop)")
+    done = [a + b for a, b in zip(d, v, strict=True)]
+    ax.bar(timed, rest, bottom=done, label="other (prefill, loop)")
     ax.set_ylabel("share of wall time")
     ax.set_title("Draft / verify time split")
     ax.legend(fontsize=8)
