@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from adaeagle_ext.bench.cli import add_bench
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
@@ -75,7 +77,7 @@ def run_fetch(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_generate, add_fetch]
+SUBCOMMANDS = [add_generate, add_fetch, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,9 @@ class GenerationStats:
     forwards: int = 0
     decode_steps: int = 0
     accepted_per_step: list[float] = field(default_factory=list)
+    draft_s: float = 0.0  # in strategy.propose + strategy.observe (drafting)
+    verify_s: float = 0.0  # in the target forward + strategy.verify + kv_compact
+    draft_tokens: list[int] = field(default_factory=list)  # per request per step: nodes - 1
 
     @property
     def total_s(self) -> float:
@@ -48,7 +51,8 @@ class GenerationStats:
         return dict(new_tokens=self.new_tokens, prompt_tokens=self.prompt_tokens,
                     prefill_s=self.prefill_s, decode_s=self.decode_s, forwards=self.forwards,
                     decode_steps=self.decode_steps, tokens_per_s=self.tokens_per_s,
-                    mean_accepted=self.mean_accepted)
+                    mean_accepted=self.mean_accepted, draft_s=self.draft_s,
+                    verify_s=self.verify_s)
 
 
 @dataclass
@@ -127,7 +131,10 @@ def generate_ids(
             roots=torch.tensor([r.history[-1] for r in requests], dtype=torch.int64),
             active=active, prefix_lens=cache.lens.clone(),
             history=[r.history for r in requests], sampling=sampling, generators=generators)
+        t_draft = time.perf_counter()
         tree = strategy.propose(state)
+        t_verify = time.perf_counter()
+        stats.draft_s += t_verify - t_draft
         _check_tree(tree, state)
         if tree.is_chain:
             sizes = tree.tree_indptr[1:] - tree.tree_indptr[:-1]
@@ -141,11 +148,16 @@ def generate_ids(
         acc = strategy.verify(state, tree, logits)
         kv_compact_(cache, acc.accept_local, acc.accept_len, state.prefix_lens, active)
         out_rows = acc.out_tokens.tolist()
+        n_nodes = (tree.tree_indptr[1:] - tree.tree_indptr[:-1]).tolist()
         for b in active.nonzero().flatten().tolist():
             n_new = int(acc.accept_len[b]) + 1
             requests[b].commit(out_rows[b][:n_new])
             stats.accepted_per_step.append(float(n_new))
+            stats.draft_tokens.append(n_nodes[b] - 1)
+        t_observe = time.perf_counter()
+        stats.verify_s += t_observe - t_verify
         strategy.observe(state, tree, acc, hidden)
+        stats.draft_s += time.perf_counter() - t_observe
         for r in requests:
             r.flush_stream()
     stats.decode_s = time.perf_counter() - t0
