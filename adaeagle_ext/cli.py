@@ -77,7 +77,13 @@ def run_fetch(args) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_generate, add_fetch, add_bench]
+def add_train_head(sub) -> None:
+    from adaeagle_ext.train.head_pipeline import add_parser
+
+    add_parser(sub)
+
+
+SUBCOMMANDS = [add_generate, add_fetch, add_bench, add_train_head]
 
 
 def build_parser() -> argparse.ArgumentParser:

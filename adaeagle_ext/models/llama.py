@@ -32,6 +32,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
+    """RoPE tables for int64 positions [N]: cos, sin [N, 1, head_dim] in ``dtype``."""
+    freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+
+
 class Attention(nn.Module):
     def __init__(self, config: LlamaConfig, layer: int):
         super().__init__()
@@ -45,13 +52,19 @@ class Attention(nn.Module):
                                 bias=c.attention_out_bias)
         self.scale = c.head_dim ** -0.5
 
-    def forward(self, x, cos, sin, rows, batch):
+    def project(self, x, cos, sin):
+        """q [N, heads, D], k and v [N, kv_heads, D] of rows x [N, hidden], RoPE applied."""
         n = x.shape[0]
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        return q, k, v
+
+    def forward(self, x, cos, sin, rows, batch):
+        n = x.shape[0]
+        q, k, v = self.project(x, cos, sin)
         buf = batch.cache.buf
         buf[self.layer, 0, batch.req, rows] = k.to(buf.dtype)
         buf[self.layer, 1, batch.req, rows] = v.to(buf.dtype)
@@ -193,10 +206,7 @@ class LlamaForCausalLM(nn.Module):
         rows = prefix_lens.to(torch.int64)[req] + torch.arange(n) - indptr[req]
         batch = _Batch(cache, prefix_lens, tree_indptr, mask_bits, req)
 
-        freqs = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos().to(self.dtype)[:, None, :]
-        sin = emb.sin().to(self.dtype)[:, None, :]
+        cos, sin = rope_cos_sin(positions, self.inv_freq, self.dtype)
 
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:

@@ -12,6 +12,9 @@ from adaeagle_ext.models.kv_compact import kv_compact_
 from adaeagle_ext.models.llama import LlamaForCausalLM
 from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs, tree_inputs
 from adaeagle_ext.spec import ar as _ar  # noqa: F401  (registers "ar")
+from adaeagle_ext.spec import chain as _chain  # noqa: F401  (registers "chain")
+from adaeagle_ext.spec import eagle as _eagle  # noqa: F401  (registers "eagle")
+from adaeagle_ext.spec import eagle2 as _eagle2  # noqa: F401  (registers "eagle2")
 from adaeagle_ext.spec.request import RequestState, StreamCallback
 from adaeagle_ext.spec.sampling import SamplingParams, sample
 from adaeagle_ext.spec.strategy import StepState, Strategy, make_strategy
@@ -30,7 +33,7 @@ class GenerationStats:
     accepted_per_step: list[float] = field(default_factory=list)
     draft_s: float = 0.0  # in strategy.propose + strategy.observe (drafting)
     verify_s: float = 0.0  # in the target forward + strategy.verify + kv_compact
-    draft_tokens: list[int] = field(default_factory=list)  # per request per step: nodes - 1
+    draft_tokens: list[int] = field(default_factory=list)  # per active request per step: nodes - 1
 
     @property
     def total_s(self) -> float:
@@ -47,12 +50,26 @@ class GenerationStats:
         a = self.accepted_per_step
         return sum(a) / len(a) if a else 0.0
 
+    @property
+    def mean_draft_len(self) -> float:
+        """Mean drafted nodes (root excluded) per request per step."""
+        d = self.draft_tokens
+        return sum(d) / len(d) if d else 0.0
+
+    def accepted_histogram(self) -> dict[int, int]:
+        """{tokens committed in one step: how many request-steps committed that many}."""
+        hist: dict[int, int] = {}
+        for a in self.accepted_per_step:
+            hist[int(a)] = hist.get(int(a), 0) + 1
+        return dict(sorted(hist.items()))
+
     def as_dict(self) -> dict:
         return dict(new_tokens=self.new_tokens, prompt_tokens=self.prompt_tokens,
                     prefill_s=self.prefill_s, decode_s=self.decode_s, forwards=self.forwards,
                     decode_steps=self.decode_steps, tokens_per_s=self.tokens_per_s,
                     mean_accepted=self.mean_accepted, draft_s=self.draft_s,
-                    verify_s=self.verify_s)
+                    verify_s=self.verify_s, mean_draft_len=self.mean_draft_len,
+                    accepted_histogram=self.accepted_histogram())
 
 
 @dataclass
@@ -130,15 +147,17 @@ def generate_ids(
         state = StepState(
             roots=torch.tensor([r.history[-1] for r in requests], dtype=torch.int64),
             active=active, prefix_lens=cache.lens.clone(),
-            history=[r.history for r in requests], sampling=sampling, generators=generators)
+            history=[r.history for r in requests], sampling=sampling, generators=generators,
+            remaining=torch.tensor([r.max_new_tokens - len(r.out_ids) for r in requests]))
         t_draft = time.perf_counter()
         tree = strategy.propose(state)
         t_verify = time.perf_counter()
         stats.draft_s += t_verify - t_draft
         _check_tree(tree, state)
+        sizes = (tree.tree_indptr[1:] - tree.tree_indptr[:-1]).tolist()
+        stats.draft_tokens.extend(s - 1 for s in sizes if s > 0)
         if tree.is_chain:
-            sizes = tree.tree_indptr[1:] - tree.tree_indptr[:-1]
-            positions, _, mask_bits = chain_inputs(sizes, state.prefix_lens)
+            positions, _, mask_bits = chain_inputs(torch.tensor(sizes), state.prefix_lens)
         else:
             positions, mask_bits = tree_inputs(tree.parents, tree.tree_indptr, state.prefix_lens)
         logits, hidden = model(tree.tokens, positions, tree.tree_indptr, mask_bits,
@@ -148,12 +167,10 @@ def generate_ids(
         acc = strategy.verify(state, tree, logits)
         kv_compact_(cache, acc.accept_local, acc.accept_len, state.prefix_lens, active)
         out_rows = acc.out_tokens.tolist()
-        n_nodes = (tree.tree_indptr[1:] - tree.tree_indptr[:-1]).tolist()
         for b in active.nonzero().flatten().tolist():
             n_new = int(acc.accept_len[b]) + 1
             requests[b].commit(out_rows[b][:n_new])
             stats.accepted_per_step.append(float(n_new))
-            stats.draft_tokens.append(n_nodes[b] - 1)
         t_observe = time.perf_counter()
         stats.verify_s += t_observe - t_verify
         strategy.observe(state, tree, acc, hidden)

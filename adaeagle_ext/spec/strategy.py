@@ -55,6 +55,8 @@ class StepState:
     roots: int64 [B] pending token per request; active: bool [B];
     prefix_lens: int32 [B] cached tokens per request (the tree goes right after them);
     history: per request, all tokens so far (prompt + generated, the pending root last).
+    remaining: int64 [B], tokens each request may still emit (the pending root included), or
+    None when unknown; a step commits at most (accepted drafts + 1) tokens.
     """
 
     roots: torch.Tensor
@@ -63,6 +65,7 @@ class StepState:
     history: list[list[int]]
     sampling: SamplingParams
     generators: list[torch.Generator]
+    remaining: torch.Tensor | None = None
 
 
 class Strategy:

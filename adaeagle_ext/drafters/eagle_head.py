@@ -1,0 +1,285 @@
+"""EAGLE-1 draft head: ``fc(concat(embed(next token), feature))`` -> one decoder layer -> LM head.
+
+The head predicts the target's next final-normed hidden state ("feature"). Pair i of a
+sequence is (feature f_i, token t_{i+1}) at position i; its output f̂_{i+1} goes through the
+target's frozen LM head to give the draft distribution of t_{i+2}. The decoder layer has no
+input norm (EAGLE-1's layer 0); its post-attention norm, attention and MLP are the runtime's
+own modules. The embedding and LM head are the target's, shared and frozen (``bind``).
+
+Optional reduced draft vocabulary: ``draft_vocab`` int64 [Nd] lists the target ids the head can
+draft (a stored draft -> target id map); its LM head is the matching rows of the target's.
+
+Saved as safetensors (weights + a JSON config in the metadata); never pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from adaeagle_ext.models.attention import tree_attention
+from adaeagle_ext.models.config import LlamaConfig
+from adaeagle_ext.models.kv_cache import KVCache
+from adaeagle_ext.models.llama import MLP, Attention, RMSNorm, rope_cos_sin
+
+FORMAT = "adaeagle-eagle-head-v1"
+
+
+@dataclass
+class EagleHeadConfig:
+    """Shapes of the head (copied from its target) plus the draft vocabulary size."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    vocab_size: int  # the target's
+    draft_vocab_size: int  # == vocab_size when the vocabulary is not reduced
+    target_fingerprint: float | None = None  # see ``embedding_fingerprint``
+
+    @classmethod
+    def from_target(cls, target: LlamaConfig, draft_vocab_size: int | None = None,
+                    fingerprint: float | None = None) -> EagleHeadConfig:
+        return cls(target.hidden_size, target.intermediate_size, target.num_heads,
+                   target.num_kv_heads, target.head_dim, target.rms_norm_eps, target.rope_theta,
+                   target.rope_scaling, target.max_position_embeddings, target.vocab_size,
+                   draft_vocab_size or target.vocab_size, fingerprint)
+
+    def llama_config(self) -> LlamaConfig:
+        """A one-layer LlamaConfig (for the runtime's modules and the KV cache layout)."""
+        return LlamaConfig(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size, num_layers=1, num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads, head_dim=self.head_dim, rms_norm_eps=self.rms_norm_eps,
+            rope_theta=self.rope_theta, rope_scaling=self.rope_scaling,
+            max_position_embeddings=self.max_position_embeddings)
+
+    def mismatch(self, target: LlamaConfig) -> list[str]:
+        """The fields that disagree with ``target`` (empty when the head fits it)."""
+        want = EagleHeadConfig.from_target(target)
+        fields = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
+                  "vocab_size")
+        return [f"{f}: head {getattr(self, f)} vs target {getattr(want, f)}"
+                for f in fields if getattr(self, f) != getattr(want, f)]
+
+
+def embedding_fingerprint(embed: torch.Tensor) -> float:
+    """A number that tells targets of equal shape apart: the float64 sum of |embed[:256]|."""
+    return float(embed[:256].double().abs().sum())
+
+
+class EagleHead(nn.Module):
+    """The trainable part (fc, attention, post-attention norm, MLP) plus the bound target
+    tensors (embedding [V, H], LM-head rows [Nd, H]) that are never trained or saved."""
+
+    def __init__(self, config: EagleHeadConfig, draft_vocab: torch.Tensor | None = None):
+        super().__init__()
+        self.config = config
+        lc = config.llama_config()
+        h = config.hidden_size
+        self.fc = nn.Linear(2 * h, h, bias=True)
+        self.self_attn = Attention(lc, 0)
+        self.post_attention_layernorm = RMSNorm(h, config.rms_norm_eps)
+        self.mlp = MLP(lc)
+        if draft_vocab is not None:
+            draft_vocab = draft_vocab.to(torch.int64)
+            if draft_vocab.numel() != config.draft_vocab_size:
+                raise ValueError(f"draft_vocab holds {draft_vocab.numel()} ids, the config says "
+                                 f"{config.draft_vocab_size}")
+        elif config.draft_vocab_size != config.vocab_size:
+            raise ValueError("a reduced draft vocabulary needs its draft_vocab id map")
+        self.register_buffer("draft_vocab", draft_vocab, persistent=False)
+        self.register_buffer("inv_freq", lc.inv_freq(), persistent=False)
+        self.embed: torch.Tensor | None = None
+        self.head_weight: torch.Tensor | None = None
+
+    # --- binding to the target ------------------------------------------------------------
+
+    def bind(self, target) -> EagleHead:
+        """Share ``target``'s embedding and LM head (frozen) and take its dtype. Returns self.
+
+        Raises ValueError when the head's shapes do not fit the target.
+        """
+        bad = self.config.mismatch(target.config)
+        if bad:
+            raise ValueError("the EAGLE head does not fit this target: " + "; ".join(bad))
+        self.to(target.dtype)
+        self.inv_freq = self.config.llama_config().inv_freq()  # RoPE stays float32
+        self.embed = target.model.embed_tokens.weight.detach()
+        head = target.lm_head_weight().detach()
+        self.head_weight = head if self.draft_vocab is None else head[self.draft_vocab]
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    @property
+    def reduced(self) -> bool:
+        return self.draft_vocab is not None
+
+    def new_cache(self, batch: int, max_seq_len: int) -> KVCache:
+        """The head's own KV cache, ``[1, 2, B, S_max, Hkv, D]`` like the target's."""
+        return KVCache(self.config.llama_config(), batch, max_seq_len, self.dtype,
+                       self.fc.weight.device)
+
+    # --- forward --------------------------------------------------------------------------
+
+    def fuse(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """fc(concat(embed(tokens), features)): tokens int64 [...], features [..., H]."""
+        emb = F.embedding(tokens, self.embed)
+        return self.fc(torch.cat([emb, features.to(emb.dtype)], dim=-1))
+
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        h = x + self.self_attn.o_proj(attn)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def forward_tree(self, tokens, features, positions, cache: KVCache, prefix_lens,
+                     tree_indptr, mask_bits, new_index=None) -> torch.Tensor:
+        """Run new draft nodes of a ragged batch over the head's cache; write their K/V.
+
+        The call covers N nodes per CSR (``tree_indptr`` [B+1], ``mask_bits`` int64 [N]); node
+        j of request b has its K/V at row ``prefix_lens[b] + local j``. Only the M nodes
+        ``new_index`` (int64 [M], default all) are computed; the others were run by an earlier
+        call and their K/V are already in the cache.
+
+        Args:
+            tokens: int64 [M]; features [M, H]; positions int64 [M] (of the new nodes).
+            cache: the head's KVCache (``cache.lens`` is not changed).
+            prefix_lens: int32 [B].
+
+        Returns:
+            predicted next features [M, H] (head dtype).
+        """
+        x = self.fuse(tokens, features)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        q, k, v = self.self_attn.project(x, cos, sin)
+        n = int(tree_indptr[-1])
+        indptr = tree_indptr.to(torch.int64)
+        sizes = indptr[1:] - indptr[:-1]
+        req = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+        rows = prefix_lens.to(torch.int64)[req] + torch.arange(n) - indptr[req]
+        if new_index is None:
+            new_index = torch.arange(n)
+            q_all = q
+        else:
+            q_all = q.new_zeros(n, *q.shape[1:])
+            q_all[new_index] = q
+        if new_index.numel() and int(rows[new_index].max()) >= cache.max_seq_len:
+            raise ValueError("the draft cache is too small for this call")
+        cache.buf[0, 0, req[new_index], rows[new_index]] = k.to(cache.buf.dtype)
+        cache.buf[0, 1, req[new_index], rows[new_index]] = v.to(cache.buf.dtype)
+        out = tree_attention(q_all, cache.buf, 0, prefix_lens, tree_indptr, mask_bits,
+                             self.self_attn.scale)[new_index]
+        return self._finish(x, out.reshape(out.shape[0], -1))
+
+    def forward_train(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Differentiable causal forward over padded sequences (no cache).
+
+        Args:
+            tokens: int64 [B, L], token t_{i+1} of pair i (padding: any id).
+            features: [B, L, H], feature f_i of pair i (padding rows come after the real ones).
+
+        Returns:
+            predicted features [B, L, H] (row i predicts f_{i+1}).
+        """
+        b, length, hidden = features.shape
+        x = self.fuse(tokens, features).reshape(b * length, hidden)
+        positions = torch.arange(length).repeat(b)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        q, k, v = self.self_attn.project(x, cos, sin)
+        a = self.self_attn
+        q = q.view(b, length, a.num_heads, a.head_dim).transpose(1, 2)
+        k = k.view(b, length, a.num_kv_heads, a.head_dim).transpose(1, 2)
+        v = v.view(b, length, a.num_kv_heads, a.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=a.scale,
+                                             enable_gqa=a.num_heads != a.num_kv_heads)
+        out = out.transpose(1, 2).reshape(b * length, -1)
+        return self._finish(x, out).view(b, length, hidden)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Draft logits float32 [..., Nd] (draft-vocabulary order) of predicted features."""
+        return F.linear(features.to(self.head_weight.dtype), self.head_weight).float()
+
+    def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Draft-vocabulary indices -> target token ids (identity without a reduced vocab)."""
+        return draft_ids if self.draft_vocab is None else self.draft_vocab[draft_ids]
+
+    # --- construction, save, load ---------------------------------------------------------
+
+    @classmethod
+    def for_target(cls, target, draft_vocab: torch.Tensor | None = None,
+                   seed: int | None = None) -> EagleHead:
+        """A freshly initialised head bound to ``target`` (random weights, fp32 init)."""
+        fp = embedding_fingerprint(target.model.embed_tokens.weight)
+        n = None if draft_vocab is None else int(draft_vocab.numel())
+        cfg = EagleHeadConfig.from_target(target.config, n, fp)
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.device("cpu"):
+            head = cls(cfg, draft_vocab)
+        return head.bind(target)
+
+    def save(self, path: str | Path, dtype: torch.dtype | None = None,
+             extra: dict | None = None) -> None:
+        """Weights (optionally cast, e.g. bf16) + the config as JSON metadata."""
+        tensors = {k: (v.to(dtype) if dtype is not None else v).contiguous()
+                   for k, v in self.state_dict().items()}
+        if self.draft_vocab is not None:
+            tensors["draft_vocab"] = self.draft_vocab.contiguous()
+        meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(self.config))}
+        if extra:
+            meta["extra"] = json.dumps(extra)
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, target=None) -> EagleHead:
+        """Load a head saved by ``save``; bind it when ``target`` is given.
+
+        Raises ValueError naming the file when it is not a head or does not fit the target.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"EAGLE head {str(path)!r}: no such file")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: not an EAGLE head file (format {meta.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        cfg = EagleHeadConfig(**json.loads(meta["config"]))
+        draft_vocab = tensors.pop("draft_vocab", None)
+        head = cls(cfg, draft_vocab)
+        try:
+            head.load_state_dict({k: v.float() for k, v in tensors.items()})
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match its config: {e}") from None
+        head.requires_grad_(False)
+        if target is not None:
+            bad = cfg.mismatch(target.config)
+            if bad:
+                raise ValueError(f"{path}: EAGLE head does not fit the target: " + "; ".join(bad))
+            head.bind(target)
+        return head.eval()
+
+    def matches(self, target, rel_tol: float = 1e-3) -> bool:
+        """True when the head was trained for ``target`` (shapes and embedding fingerprint)."""
+        if self.config.mismatch(target.config):
+            return False
+        fp = self.config.target_fingerprint
+        if fp is None:
+            return True
+        got = embedding_fingerprint(target.model.embed_tokens.weight)
+        return abs(got - fp) <= rel_tol * max(abs(fp), 1e-12)

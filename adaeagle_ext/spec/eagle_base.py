@@ -1,0 +1,267 @@
+"""What every EAGLE-head strategy shares: the head, its KV cache, and level-by-level drafting.
+
+Alignment (EAGLE-1): draft-cache row i holds pair (target feature f_i, token t_{i+1}) at
+position i. After a target step, the features of the accepted path (root + accepted drafts)
+become pending pairs; ``refresh`` runs them through the head (so the draft KV always comes
+from target features, never from the head's own guesses) and returns the predicted feature
+that proposes the root's children. Tree nodes are then fed level by level with ``feed``; their
+K/V sit past the accepted rows and are dropped at the next step.
+
+Subclasses implement ``propose`` with ``refresh`` / ``feed`` / ``draft_logits`` and record
+``self.draft_q`` (per-node proposal rows for sampling verification, or None).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from adaeagle_ext import ops, ref
+from adaeagle_ext.drafters.eagle_head import EagleHead
+from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs
+from adaeagle_ext.spec.sampling import target_probs
+from adaeagle_ext.spec.strategy import Acceptance, DraftTree, StepState, Strategy
+
+# The trained head shipped for the default model (see eagle_head.md beside it).
+DEFAULT_HEAD_PATH = (Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m-instruct"
+                     / "eagle_head.safetensors")
+_LOADED: dict[tuple, EagleHead] = {}
+
+
+def resolve_head(head, target) -> EagleHead:
+    """An EagleHead bound to ``target``: ``head`` itself, a file path, or (None) the shipped
+    head when it was trained for ``target``. Loaded files are cached per target."""
+    if isinstance(head, EagleHead):
+        return head if head.embed is not None and head.embed.data_ptr() == \
+            target.model.embed_tokens.weight.data_ptr() else head.bind(target)
+    path = Path(head) if head is not None else DEFAULT_HEAD_PATH
+    key = (str(path.resolve()), target.model.embed_tokens.weight.data_ptr(), target.dtype)
+    if key not in _LOADED:
+        if head is None and not path.is_file():
+            raise ValueError("no EAGLE head ships for this target; pass head=<path to an "
+                             "eagle_head.safetensors> (train one with `adaeagle train-head`)")
+        loaded = EagleHead.load(path)
+        if head is None and not loaded.matches(target):
+            raise ValueError(f"the shipped EAGLE head ({path}) was trained for a different "
+                             "target; pass head=<path> (train one with `adaeagle train-head`)")
+        _LOADED[key] = loaded.bind(target)
+    return _LOADED[key]
+
+
+def _signed(bits: int) -> int:
+    return bits - (1 << 64) if bits >= 1 << 63 else bits
+
+
+class EagleBase(Strategy):
+    """Shared state of one generate call. ``head``: EagleHead, path, or None (shipped head)."""
+
+    def __init__(self, head: EagleHead | str | Path | None = None):
+        self.head_arg = head
+        self.head: EagleHead | None = None
+        self.draft_q: torch.Tensor | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def setup(self, model, batch: int) -> None:
+        self.head = resolve_head(self.head_arg, model)
+        self.vocab_size = model.config.vocab_size
+        self.batch = batch
+        self.cache = None
+        self.stable = [0] * batch  # draft-cache rows holding pairs of accepted tokens
+        self.pending: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+
+    def observe_prefill(self, tokens, hidden, tree_indptr) -> None:
+        ptr = tree_indptr.tolist()
+        for b in range(self.batch):
+            if ptr[b + 1] > ptr[b]:
+                self.pending[b].append(hidden[ptr[b]:ptr[b + 1]])
+
+    def observe(self, state, tree, acceptance, hidden) -> None:
+        ptr = tree.tree_indptr.tolist()
+        for b in state.active.nonzero().flatten().tolist():
+            n = int(acceptance.accept_len[b]) + 1
+            rows = acceptance.accept_local[b, :n].to(torch.int64) + ptr[b]
+            self.pending[b].append(hidden[rows])
+
+    # --- drafting -------------------------------------------------------------------------
+
+    def _ensure_cache(self, rows: int) -> None:
+        old = self.cache
+        if old is not None and old.max_seq_len >= rows:
+            return
+        size = max(rows, 2 * old.max_seq_len if old is not None else rows + 2 * MAX_TREE_NODES)
+        self.cache = self.head.new_cache(self.batch, size)
+        if old is not None:
+            self.cache.buf[:, :, :, :old.max_seq_len] = old.buf
+
+    def refresh(self, state: StepState) -> torch.Tensor:
+        """Run the pending pairs of the active requests; reset the fed-node lists.
+
+        Returns:
+            [A, H] the predicted feature after each active request's root (A = active count,
+            in request order); it proposes the root's children.
+        """
+        head = self.head
+        act = state.active.nonzero().flatten().tolist()
+        prefix = state.prefix_lens.tolist()
+        self._ensure_cache(max(prefix) + MAX_TREE_NODES + 1)
+        feats, toks = {}, {}
+        for b in act:
+            f = torch.cat(self.pending[b]) if self.pending[b] else None
+            m = prefix[b] - self.stable[b]
+            if f is None or f.shape[0] != m or m < 1:
+                raise RuntimeError(f"EAGLE draft state of request {b} is out of step with the "
+                                   "target cache")
+            feats[b] = f
+            toks[b] = torch.tensor(state.history[b][self.stable[b] + 1: prefix[b] + 1])
+            self.pending[b] = []
+        last = {}
+        done = {b: 0 for b in act}
+        while any(done[b] < feats[b].shape[0] for b in act):
+            sizes = torch.zeros(self.batch, dtype=torch.int64)
+            for b in act:
+                sizes[b] = min(MAX_TREE_NODES, feats[b].shape[0] - done[b])
+            start = torch.tensor([self.stable[b] + (done[b] if b in done else 0)
+                                  for b in range(self.batch)], dtype=torch.int32)
+            positions, indptr, bits = chain_inputs(sizes, start)
+            parts = [b for b in act if sizes[b] > 0]
+            tokens = torch.cat([toks[b][done[b]:done[b] + sizes[b]] for b in parts])
+            f_in = torch.cat([feats[b][done[b]:done[b] + sizes[b]] for b in parts])
+            out = head.forward_tree(tokens, f_in, positions, self.cache, start, indptr, bits)
+            ends = indptr[1:].to(torch.int64) - 1
+            for b in parts:
+                done[b] += int(sizes[b])
+                if done[b] == feats[b].shape[0]:
+                    last[b] = out[ends[b]]
+        for b in act:
+            self.stable[b] = prefix[b]
+        self._fed = [[] for _ in range(self.batch)]  # per request: (bits, depth) of fed nodes
+        return torch.stack([last[b] for b in act])
+
+    def feed(self, req: list[int], parent: list[int], tokens: torch.Tensor,
+             features: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Run one level of new draft nodes through the head.
+
+        Args:
+            req: request of each new node (M entries, any order).
+            parent: the fed index (within its request, from an earlier ``feed``) of each new
+                node's parent, or -1 for a child of the root.
+            tokens: int64 [M] target token ids; features [M, H] the parents' predicted features.
+
+        Returns:
+            (predicted features [M, H], the fed index of each new node).
+        """
+        m = len(req)
+        new_by_req: list[list[int]] = [[] for _ in range(self.batch)]
+        for i, b in enumerate(req):
+            new_by_req[b].append(i)
+        sizes = [len(self._fed[b]) + len(new_by_req[b]) for b in range(self.batch)]
+        if max(sizes) > MAX_TREE_NODES:
+            raise ValueError(f"a draft tree feeds at most {MAX_TREE_NODES} nodes per step")
+        indptr = [0]
+        for s in sizes:
+            indptr.append(indptr[-1] + s)
+        bits = [0] * indptr[-1]
+        positions = [0] * m
+        new_index = [0] * m
+        fed_index = [0] * m
+        for b in range(self.batch):
+            fed = self._fed[b]
+            for j, (bj, _) in enumerate(fed):
+                bits[indptr[b] + j] = _signed(bj)
+            for i in new_by_req[b]:
+                j = len(fed)
+                p = parent[i]
+                pb, pd = (0, 0) if p < 0 else fed[p]
+                mine = pb | (1 << j)
+                fed.append((mine, pd + 1))
+                bits[indptr[b] + j] = _signed(mine)
+                positions[i] = self.stable[b] + pd  # depth pd + 1 sits at stable + depth - 1
+                new_index[i] = indptr[b] + j
+                fed_index[i] = j
+        out = self.head.forward_tree(
+            tokens, features, torch.tensor(positions, dtype=torch.int64), self.cache,
+            torch.tensor(self.stable, dtype=torch.int32),
+            torch.tensor(indptr, dtype=torch.int32), torch.tensor(bits, dtype=torch.int64),
+            torch.tensor(new_index, dtype=torch.int64))
+        return out, fed_index
+
+    def draft_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """float32 [M, Nd] draft logits (draft-vocabulary order)."""
+        return self.head.logits(features)
+
+    def full_vocab_probs(self, logits: torch.Tensor, state: StepState) -> torch.Tensor:
+        """float32 [M, V]: the sampling proposal q over the target vocabulary (the user's
+        temperature / top-k / top-p applied to the draft logits; zero outside the draft vocab)."""
+        if not self.head.reduced:
+            return target_probs(logits, state.sampling)
+        full = logits.new_full((logits.shape[0], self.vocab_size), float("-inf"))
+        full[:, self.head.draft_vocab] = logits
+        return target_probs(full, state.sampling)
+
+    # --- verification ---------------------------------------------------------------------
+
+    sampling_mode = ops.VERIFY_CHAIN
+
+    def verify(self, state: StepState, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
+        if state.sampling.greedy:
+            return super().verify(state, tree, logits)
+        batch = state.roots.numel()
+        max_depth = self.max_tree_nodes - 1
+        rows = state.active.nonzero().flatten()
+        indptr = torch.cat([tree.tree_indptr[:1], tree.tree_indptr[1:][rows]])
+        arrays = ops.build_tree(tree.parents, indptr, state.prefix_lens[rows].contiguous(),
+                                max_depth, ref.MAX_TREE_NODES)
+        sizes = (indptr[1:] - indptr[:-1]).tolist()
+        coins = [torch.rand(s + 1, generator=state.generators[b])
+                 for s, b in zip(sizes, rows.tolist(), strict=True)]
+        uniforms = torch.cat([c[:-1] for c in coins] + [torch.stack([c[-1] for c in coins])])
+        p = target_probs(logits, state.sampling)
+        q = None if self.sampling_mode == ops.VERIFY_TOPK else self.draft_q
+        got = ops.verify_sampling(tree.tokens, p, q, arrays.first_child, arrays.next_sibling,
+                                  indptr, self.sampling_mode, max_depth, uniforms=uniforms)
+        local = torch.full((batch, max_depth + 1), -1, dtype=torch.int32)
+        n_acc = torch.zeros(batch, dtype=torch.int32)
+        out = torch.full((batch, max_depth + 1), -1, dtype=torch.int64)
+        local[rows], n_acc[rows], out[rows] = got.accept_local, got.accept_len, got.out_tokens
+        return Acceptance(local, n_acc, out)
+
+
+def depth_caps(state: StepState, act: list[int], most: int) -> list[int]:
+    """Per active request, the most drafts worth proposing: ``most``, fewer near
+    ``max_new_tokens`` (a step commits at most drafts + 1 tokens)."""
+    if state.remaining is None:
+        return [most] * len(act)
+    return [max(0, min(most, int(state.remaining[b]) - 1)) for b in act]
+
+
+def csr_tree(act: list[int], batch: int, roots: torch.Tensor, nodes: list[list[tuple[int, int]]],
+             is_chain: bool = False) -> DraftTree:
+    """A DraftTree from per-active-request node lists of (token, parent local id), root
+    excluded (local ids start at 1; the root is local 0)."""
+    sizes = torch.zeros(batch, dtype=torch.int64)
+    tokens, parents = [], []
+    for b, ns in zip(act, nodes, strict=True):
+        sizes[b] = len(ns) + 1
+        tokens.append(int(roots[b]))
+        parents.append(-1)
+        for tok, par in ns:
+            tokens.append(tok)
+            parents.append(par)
+    indptr = torch.zeros(batch + 1, dtype=torch.int32)
+    indptr[1:] = torch.cumsum(sizes, 0)
+    return DraftTree(torch.tensor(tokens, dtype=torch.int64),
+                     torch.tensor(parents, dtype=torch.int32), indptr, is_chain)
+
+
+def rows_with_roots(qrows: list[list[torch.Tensor]], vocab: int) -> torch.Tensor:
+    """[N, V] proposal rows in CSR node order: a zero row for each request's root, then the
+    rows of its nodes (``qrows[i]``, local order)."""
+    zero = torch.zeros(1, vocab)
+    parts = []
+    for rows in qrows:
+        parts.append(zero)
+        if rows:
+            parts.append(torch.stack(rows))
+    return torch.cat(parts)
