@@ -63,6 +63,11 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="default", help="work folder name under "
                                                      "$ADAEAGLE_HOME/eagle_train")
+    p.add_argument("--features-from", action="append", default=[],
+                   help="also train on the cached features of another run (its --name; "
+                        "repeatable)")
+    p.add_argument("--extract-only", action="store_true",
+                   help="stop after caching the features")
     p.add_argument("--out", default=None, help="head file (default: <work folder>/"
                                                "eagle_head.safetensors)")
     p.set_defaults(run=run)
@@ -107,7 +112,21 @@ def run(args) -> int:
     t = time.perf_counter()
     shards = write_shards(model, chats, work / "features")
     timings["features_s"] = time.perf_counter() - t
-    seqs = load_shards(shards)
+    if args.extract_only:
+        print(f"features cached in {work / 'features'}")
+        return 0
+    for other in args.features_from:
+        extra = sorted((adaeagle_home() / "eagle_train" / other / "features")
+                       .glob("shard_*.safetensors"))
+        if not extra:
+            raise SystemExit(f"error: run {other!r} has no cached features")
+        shards = shards + extra
+    seqs, seen = [], set()
+    for s in load_shards(shards):  # runs may share a conversation: keep one copy
+        key = tuple(s.tokens.tolist())
+        if key not in seen:
+            seen.add(key)
+            seqs.append(s)
     train_seqs, held = split(seqs, TrainConfig.heldout_fraction, args.seed)
     n_tok = sum(len(s.tokens) for s in seqs)
     n_resp = sum(int(s.loss_mask.sum()) for s in seqs)
