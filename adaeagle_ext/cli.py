@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from adaeagle_ext.bench.cli import add_bench
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
@@ -81,7 +83,7 @@ def add_train_head(sub) -> None:
     add_parser(sub)
 
 
-SUBCOMMANDS = [add_generate, add_fetch, add_train_head]
+SUBCOMMANDS = [add_generate, add_fetch, add_bench, add_train_head]
 
 
 def build_parser() -> argparse.ArgumentParser:

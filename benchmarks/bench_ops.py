@@ -59,8 +59,8 @@ def main() -> None:
     lines = [
         f"# adaeagle ops vs PyTorch ({args.device})",
         "",
-        "Command: `python benchmarks/bench_ops.py --device {} --threads {}`".format(
-            args.device, args.threads),
+        "Command: `python benchmarks/bench_ops.py "
+        f"--device {args.device} --threads {args.threads}`",
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
         "",

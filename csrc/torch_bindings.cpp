@@ -13,6 +13,7 @@
 #include "adaeagle/gguf_blocks.h"
 #include "adaeagle/kv_compact.h"
 #include "adaeagle/ldlp_mlp.h"
+#include "adaeagle/tree_attention.h"
 #include "adaeagle/verify_greedy.h"
 #include "adaeagle/verify_sampling.h"
 #include "checks.h"
@@ -21,6 +22,7 @@
 #include "cpu/kv_compact.h"
 #include "cpu/ldlp_mlp.h"
 #include "cpu/linear.h"
+#include "cpu/tree_attention.h"
 #include "cpu/verify_greedy.h"
 #include "cpu/verify_sampling.h"
 
@@ -58,11 +60,12 @@ TORCH_LIBRARY(adaeagle, m) {
       "Tensor next_sibling, Tensor tree_indptr, Tensor(a!) accept_local, "
       "Tensor(b!) accept_len, Tensor(c!) out_tokens) -> ()");
 
-  // Attention of tree tokens over their cached prefix and tree ancestors (mode 0 full,
-  // 1 prefix-only, 2 tree-only), optional natural-log LSE.
+  // Attention of tree tokens over their cached prefix and tree ancestors (attn_mode 0 full,
+  // 1 prefix-only, 2 tree-only), optional natural-log LSE. (An argument named `mode` would
+  // collide with torch's dispatch-mode helpers under opcheck / torch.compile.)
   m.def(
       "tree_attention(Tensor q, Tensor kv_cache, int layer, Tensor prefix_lens, "
-      "Tensor tree_indptr, Tensor mask_bits, float scale, int mode, Tensor(a!) out, "
+      "Tensor tree_indptr, Tensor mask_bits, float scale, int attn_mode, Tensor(a!) out, "
       "Tensor(b!)? lse) -> ()");
 
   // Combine two partial attentions over disjoint keys by their LSE.
@@ -358,6 +361,149 @@ TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("verify_greedy", &verify_greedy_c
 
 // ---------------------------------------------------------------------------------------------
 // tree_attention and merge_attn_states
+
+namespace {
+
+AttnDtype attn_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return kAttnF32;
+    case at::kBFloat16: return kAttnBF16;
+    default: return kAttnF16;
+  }
+}
+
+cpu::TreeAttentionShape check_tree_attention(const at::Tensor& q, const at::Tensor& kv_cache,
+                                             int64_t layer, const at::Tensor& prefix_lens,
+                                             const at::Tensor& tree_indptr,
+                                             const at::Tensor& mask_bits, int64_t mode,
+                                             const at::Tensor& out,
+                                             const std::optional<at::Tensor>& lse) {
+  constexpr const char* op = "tree_attention";
+  const auto dev = q.device();
+  check_float_dtype(q, op, "q");
+  check_tensor(q, op, "q", q.scalar_type(), 3, dev);
+  TORCH_CHECK(kv_cache.scalar_type() == q.scalar_type(), op, ": kv_cache dtype ",
+              kv_cache.scalar_type(), " must match q dtype ", q.scalar_type());
+  check_tensor(kv_cache, op, "kv_cache", q.scalar_type(), 6, dev);
+  TORCH_CHECK(kv_cache.size(1) == 2, op, ": kv_cache must be [L, 2, B, S_max, Hkv, D], got ",
+              "shape ", kv_cache.sizes());
+  const int64_t n = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t hkv = kv_cache.size(4);
+  TORCH_CHECK(dim == 64 || dim == 128, op, ": head dim must be 64 or 128, got q shape ",
+              q.sizes());
+  check_size(kv_cache, op, "kv_cache", 5, dim);
+  TORCH_CHECK(hkv > 0 && heads % hkv == 0, op, ": q heads H=", heads,
+              " must be a multiple of the kv_cache heads Hkv=", hkv);
+  TORCH_CHECK(layer >= 0 && layer < kv_cache.size(0), op, ": layer must be in [0, ",
+              kv_cache.size(0), "), got ", layer);
+  check_tensor(tree_indptr, op, "tree_indptr", at::kInt, 1, dev);
+  TORCH_CHECK(tree_indptr.numel() >= 1, op, ": tree_indptr must hold B+1 >= 1 entries");
+  const int64_t batch = tree_indptr.numel() - 1;
+  TORCH_CHECK(batch <= kv_cache.size(2), op, ": ", batch, " requests but kv_cache holds ",
+              kv_cache.size(2), " (dim 2)");
+  check_tensor(prefix_lens, op, "prefix_lens", at::kInt, 1, dev);
+  check_size(prefix_lens, op, "prefix_lens", 0, batch);
+  check_tensor(mask_bits, op, "mask_bits", at::kLong, 1, dev);
+  check_size(mask_bits, op, "mask_bits", 0, n);
+  TORCH_CHECK(mode == kAttnFull || mode == kAttnPrefixOnly || mode == kAttnTreeOnly, op,
+              ": mode must be 0 (full), 1 (prefix-only) or 2 (tree-only), got ", mode);
+  check_tensor(out, op, "out", q.scalar_type(), 3, dev);
+  TORCH_CHECK(out.sizes() == q.sizes(), op, ": out must have q's shape ", q.sizes(), ", got ",
+              out.sizes());
+  if (lse.has_value()) {
+    check_tensor(*lse, op, "lse", at::kFloat, 2, dev);
+    check_size(*lse, op, "lse", 0, n);
+    check_size(*lse, op, "lse", 1, heads);
+  }
+  return {n, heads, dim, kv_cache.size(0), kv_cache.size(2), kv_cache.size(3), hkv, batch};
+}
+
+void check_merge_attn_states(const at::Tensor& out_a, const at::Tensor& lse_a,
+                             const at::Tensor& out_b, const at::Tensor& lse_b,
+                             const at::Tensor& out, const at::Tensor& lse) {
+  constexpr const char* op = "merge_attn_states";
+  const auto dev = out_a.device();
+  check_float_dtype(out_a, op, "out_a");
+  check_tensor(out_a, op, "out_a", out_a.scalar_type(), 3, dev);
+  check_tensor(out_b, op, "out_b", out_a.scalar_type(), 3, dev);
+  check_tensor(out, op, "out", out_a.scalar_type(), 3, dev);
+  TORCH_CHECK(out_b.sizes() == out_a.sizes() && out.sizes() == out_a.sizes(), op,
+              ": out_a, out_b and out must have one shape [N, H, D], got ", out_a.sizes(), ", ",
+              out_b.sizes(), " and ", out.sizes());
+  for (const auto& [t, name] : {std::pair{&lse_a, "lse_a"}, {&lse_b, "lse_b"}, {&lse, "lse"}}) {
+    check_tensor(*t, op, name, at::kFloat, 2, dev);
+    check_size(*t, op, name, 0, out_a.size(0));
+    check_size(*t, op, name, 1, out_a.size(1));
+  }
+}
+
+void tree_attention_cpu(const at::Tensor& q, const at::Tensor& kv_cache, int64_t layer,
+                        const at::Tensor& prefix_lens, const at::Tensor& tree_indptr,
+                        const at::Tensor& mask_bits, double scale, int64_t mode,
+                        const at::Tensor& out, const std::optional<at::Tensor>& lse) {
+  const auto shape = check_tree_attention(q, kv_cache, layer, prefix_lens, tree_indptr,
+                                          mask_bits, mode, out, lse);
+  cpu::tree_attention(q.data_ptr(), kv_cache.data_ptr(), attn_dtype(q), shape, layer,
+                      prefix_lens.data_ptr<int32_t>(), tree_indptr.data_ptr<int32_t>(),
+                      mask_bits.data_ptr<int64_t>(), static_cast<float>(scale),
+                      static_cast<int>(mode), out.data_ptr(),
+                      lse.has_value() ? lse->data_ptr<float>() : nullptr);
+}
+
+void merge_attn_states_cpu(const at::Tensor& out_a, const at::Tensor& lse_a,
+                           const at::Tensor& out_b, const at::Tensor& lse_b,
+                           const at::Tensor& out, const at::Tensor& lse) {
+  check_merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse);
+  cpu::merge_attn_states(out_a.data_ptr(), lse_a.data_ptr<float>(), out_b.data_ptr(),
+                         lse_b.data_ptr<float>(), attn_dtype(out_a),
+                         out_a.size(0) * out_a.size(1), out_a.size(2), out.data_ptr(),
+                         lse.data_ptr<float>());
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void tree_attention_cuda(const at::Tensor& q, const at::Tensor& kv_cache, int64_t layer,
+                         const at::Tensor& prefix_lens, const at::Tensor& tree_indptr,
+                         const at::Tensor& mask_bits, double scale, int64_t mode,
+                         const at::Tensor& out, const std::optional<at::Tensor>& lse) {
+  const auto shape = check_tree_attention(q, kv_cache, layer, prefix_lens, tree_indptr,
+                                          mask_bits, mode, out, lse);
+  if (shape.batch == 0 || shape.num_nodes == 0) return;
+  const c10::cuda::CUDAGuard guard(q.device());
+  ADAEAGLE_CUDA_CHECK(launch_tree_attention(
+      q.data_ptr(), kv_cache.data_ptr(), attn_dtype(q), layer, shape.cache_batch, shape.s_max,
+      static_cast<int>(shape.hkv), static_cast<int>(shape.heads), static_cast<int>(shape.dim),
+      prefix_lens.data_ptr<int32_t>(), tree_indptr.data_ptr<int32_t>(),
+      mask_bits.data_ptr<int64_t>(), static_cast<int>(shape.batch), static_cast<float>(scale),
+      static_cast<int>(mode), out.data_ptr(), lse.has_value() ? lse->data_ptr<float>() : nullptr,
+      at::cuda::getCurrentCUDAStream()));
+}
+
+void merge_attn_states_cuda(const at::Tensor& out_a, const at::Tensor& lse_a,
+                            const at::Tensor& out_b, const at::Tensor& lse_b,
+                            const at::Tensor& out, const at::Tensor& lse) {
+  check_merge_attn_states(out_a, lse_a, out_b, lse_b, out, lse);
+  if (out_a.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(out_a.device());
+  ADAEAGLE_CUDA_CHECK(launch_merge_attn_states(
+      out_a.data_ptr(), lse_a.data_ptr<float>(), out_b.data_ptr(), lse_b.data_ptr<float>(),
+      attn_dtype(out_a), out_a.size(0), static_cast<int>(out_a.size(1)),
+      static_cast<int>(out_a.size(2)), out.data_ptr(), lse.data_ptr<float>(),
+      at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) {
+  m.impl("tree_attention", &tree_attention_cpu);
+  m.impl("merge_attn_states", &merge_attn_states_cpu);
+}
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) {
+  m.impl("tree_attention", &tree_attention_cuda);
+  m.impl("merge_attn_states", &merge_attn_states_cuda);
+}
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // verify_sampling

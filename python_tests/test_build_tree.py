@@ -80,7 +80,7 @@ def test_matches_reference(device, batch, bushiness):
         parents, indptr, prefix = random_batch(gen, batch, 64, bushiness)
         expected = ref.build_tree(parents, indptr, prefix, 63, 64)
         got = ops.build_tree(parents.to(device), indptr.to(device), prefix.to(device), 63, 64)
-        for name, e, g in zip(ops.TreeArrays._fields, expected, got):
+        for name, e, g in zip(ops.TreeArrays._fields, expected, got, strict=True):
             assert torch.equal(e, g.cpu()), name
 
 

@@ -10,6 +10,15 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
 
 @pytest.fixture(scope="module")
 def pipe():
+    """The default model dequantised to float32 (what transformers computes)."""
+    from adaeagle_ext.api import load
+
+    return load(None, dtype="float32", weights="convert", threads=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def native():
+    """The default model on its packed GGUF weights (the shipped configuration)."""
     from adaeagle_ext.api import load
 
     return load(None, dtype="float32", threads=2, progress=False)
@@ -77,3 +86,22 @@ def test_cli_generate(capsys):
                  "--stream", "--dtype", "bfloat16"]) == 0
     err = capsys.readouterr().err
     assert "tokens/s" in err
+
+
+def test_native_weights_match_dequantised(pipe, native):
+    """Packed Q4_1/Q8_0 layers on ops.linear compute the same model as the dequantised
+    float32 weights (up to the summation order)."""
+    assert native.model.packed and not pipe.model.packed
+    for prompt in PROMPTS:
+        ids = pipe.encode(prompt)
+        want = pipe.generate(ids, max_new_tokens=8, eos=False).token_ids
+        assert native.generate(ids, max_new_tokens=8, eos=False).token_ids == want, prompt
+    from adaeagle_ext.models.tree_inputs import chain_inputs
+
+    ids = torch.tensor(pipe.encode(PROMPTS[1]))
+    logits = []
+    for p in (pipe, native):
+        cache = p.model.new_cache(1, 32)
+        pos, ind, mask = chain_inputs(torch.tensor([ids.numel()]), cache.lens)
+        logits.append(p.model(ids, pos, ind, mask, cache.lens, cache)[0])
+    torch.testing.assert_close(logits[1], logits[0], atol=2e-3, rtol=1e-4)

@@ -131,8 +131,8 @@ def test_stats_record_draft_and_verify():
     _, stats = generate_ids(model, PROMPTS, method=EagleChain("3", head=head),
                             max_new_tokens=12)
     assert stats.draft_s > 0 and stats.verify_s > 0
-    assert len(stats.draft_lens) == len(stats.accepted_per_step)
-    assert max(stats.draft_lens) == 3
+    assert len(stats.draft_tokens) == len(stats.accepted_per_step)
+    assert max(stats.draft_tokens) == 3
     hist = stats.accepted_histogram()
     assert sum(hist.values()) == len(stats.accepted_per_step)
     assert all(1 <= k <= 4 for k in hist)

@@ -1,14 +1,19 @@
 """The one entry point the decoder uses for attention over cached prefix + draft tree.
 
-Today it runs a vectorised pure-PyTorch version with exactly the semantics of
-``adaeagle_ext.ref.tree_attention`` (mode ATTN_FULL); the C++ ``ops.tree_attention`` replaces
-the body of :func:`tree_attention` when it lands.
+It runs the ``tree_attention`` op (batch-invariant: a row's result does not depend on the other
+rows in the call). Head dimensions the kernel does not cover (it takes 64 and 128) fall back to a
+vectorised pure-PyTorch version with the same semantics (``ref.tree_attention``, mode full),
+which is not batch-invariant.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from adaeagle_ext import ops
+
+KERNEL_HEAD_DIMS = (64, 128)
 
 
 def tree_attention(
@@ -38,6 +43,9 @@ def tree_attention(
     n, heads, dim = q.shape
     if n == 0:
         return q.new_zeros(n, heads, dim)
+    if dim in KERNEL_HEAD_DIMS:
+        return ops.tree_attention(q.contiguous(), kv_cache, layer, prefix_lens, tree_indptr,
+                                  mask_bits, scale)
     batch = tree_indptr.numel() - 1
     indptr = tree_indptr.to(torch.int64)
     sizes = indptr[1:] - indptr[:-1]

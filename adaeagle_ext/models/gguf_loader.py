@@ -7,6 +7,7 @@ row permutation is undone on the packed rows too, as each row is quantised on it
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,26 @@ class GGUFCheckpoint:
         items = tqdm(self.packed.items(), desc="dequantising", unit="tensor",
                      disable=not progress)
         return {name: p.dequantize() for name, p in items}
+
+    def native_state_dict(self, progress: bool = False):
+        """(float32 weights, packed weights): every 2-D weight that ``ops.linear`` runs as
+        stored stays packed (a ``PackedWeight`` over the file's blocks); the rest (norms,
+        biases, unsupported block types such as Q4_K) is dequantised."""
+        from adaeagle_ext.models.packed_layers import packable
+        from adaeagle_ext.packed import PackedWeight
+
+        floats: dict[str, torch.Tensor] = {}
+        packed: dict[str, PackedWeight] = {}
+        items = tqdm(self.packed.items(), desc="loading", unit="tensor", disable=not progress)
+        for name, p in items:
+            if packable(int(p.ggml_type), p.shape):
+                with warnings.catch_warnings():  # a read-only view of the file: never written
+                    warnings.simplefilter("ignore", UserWarning)
+                    data = torch.from_numpy(np.ascontiguousarray(p.data).view(np.uint8))
+                packed[name] = PackedWeight(data, int(p.ggml_type), tuple(p.shape))
+            else:
+                floats[name] = p.dequantize()
+        return floats, packed
 
     @property
     def weight_bytes(self) -> int:

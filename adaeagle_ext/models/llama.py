@@ -9,6 +9,8 @@ from torch import nn
 from adaeagle_ext.models.attention import tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
+from adaeagle_ext.models.packed_layers import PackedEmbedding, PackedLinear
+from adaeagle_ext.packed import PackedWeight
 
 
 class RMSNorm(nn.Module):
@@ -129,16 +131,36 @@ class LlamaForCausalLM(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
+        """Activation (and KV cache) dtype."""
+        return self.model.norm.weight.dtype
+
+    @property
+    def packed(self) -> bool:
+        """True when the linear layers run on packed GGUF weights (``ops.linear``)."""
+        return isinstance(self.model.layers[0].mlp.down_proj, PackedLinear)
+
+    def _head(self) -> nn.Module:
+        return self.model.embed_tokens if self.lm_head is None else self.lm_head
 
     def lm_head_weight(self) -> torch.Tensor:
-        """[V, H]: the untied head or the (tied) embedding matrix."""
-        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        """[V, H] in the model dtype: the untied head or the (tied) embedding matrix
+        (dequantised when packed)."""
+        head = self._head()
+        if isinstance(head, (PackedLinear, PackedEmbedding)):
+            return head.dense_weight().to(self.dtype)
+        return head.weight
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 [N, V] from final-normed hidden [N, H]."""
+        head = self._head()
+        if isinstance(head, (PackedLinear, PackedEmbedding)):
+            return head.weight_packed.linear(hidden, out_dtype=torch.float32)
+        return F.linear(hidden, head.weight).float()
 
     def new_cache(self, batch: int, max_seq_len: int) -> KVCache:
         """An empty static cache for ``batch`` requests of up to ``max_seq_len`` tokens."""
         return KVCache(self.config, batch, max_seq_len, self.dtype,
-                       self.model.embed_tokens.weight.device)
+                       self.model.norm.weight.device)
 
     @torch.inference_mode()
     def forward(
@@ -191,29 +213,44 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, cos, sin, rows, batch)
         hidden = self.model.norm(x)
         head_in = hidden if logit_rows is None else hidden[logit_rows]
-        logits = F.linear(head_in, self.lm_head_weight()).float()
-        return logits, hidden
+        return self.logits(head_in), hidden
 
 
 def build_model(config: LlamaConfig, weights: dict[str, torch.Tensor],
-                dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+                dtype: torch.dtype = torch.float32,
+                packed: dict[str, PackedWeight] | None = None) -> LlamaForCausalLM:
     """A LlamaForCausalLM holding ``weights`` (HF names, any float dtype) cast to ``dtype``.
+
+    ``packed`` maps HF names of 2-D weights (linear layers, the embedding, an untied LM head) to
+    packed GGUF weights that stay packed: those layers then run on ``ops.linear`` and
+    ``dtype`` is only the activation and KV cache dtype.
 
     Raises ValueError naming missing or unexpected tensors.
     """
+    packed = dict(packed or {})
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     wanted = set(model.state_dict().keys())
     given = dict(weights)
     if config.tie_word_embeddings:
         given.pop("lm_head.weight", None)
-    missing = sorted(wanted - given.keys())
-    extra = sorted(k for k in given.keys() - wanted if not k.endswith("rotary_emb.inv_freq"))
+        packed.pop("lm_head.weight", None)
+    missing = sorted(wanted - given.keys() - packed.keys())
+    extra = sorted(k for k in (given.keys() | packed.keys()) - wanted
+                   if not k.endswith("rotary_emb.inv_freq"))
     if missing or extra:
         raise ValueError(f"weights do not match the config: missing {missing[:8]}, "
                          f"unexpected {extra[:8]}")
-    state = {k: given[k].to(dtype) for k in wanted}
-    model.load_state_dict(state, assign=True)
+    state = {k: given[k].to(dtype) for k in wanted - packed.keys()}
+    model.load_state_dict(state, assign=True, strict=False)
+    for name, weight in packed.items():
+        module_name = name.removesuffix(".weight")
+        parent_name, _, child = module_name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if isinstance(getattr(parent, child), nn.Embedding):
+            setattr(parent, child, PackedEmbedding(weight, dtype))
+        else:
+            setattr(parent, child, PackedLinear(weight, given.get(module_name + ".bias")))
     model.inv_freq = config.inv_freq()
     model.requires_grad_(False)
     return model.eval()

@@ -17,11 +17,17 @@ from pathlib import Path
 
 import torch
 
-from adaeagle_ext import ops, ref
+from adaeagle_ext import ops
 from adaeagle_ext.drafters.eagle_head import EagleHead
 from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs
 from adaeagle_ext.spec.sampling import target_probs
-from adaeagle_ext.spec.strategy import Acceptance, DraftTree, StepState, Strategy
+from adaeagle_ext.spec.strategy import (
+    Acceptance,
+    DraftTree,
+    StepState,
+    Strategy,
+    active_trees,
+)
 
 # The trained head shipped for the default model (see eagle_head.md beside it).
 DEFAULT_HEAD_PATH = (Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m-instruct"
@@ -209,25 +215,17 @@ class EagleBase(Strategy):
     def verify(self, state: StepState, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
         if state.sampling.greedy:
             return super().verify(state, tree, logits)
-        batch = state.roots.numel()
-        max_depth = self.max_tree_nodes - 1
-        rows = state.active.nonzero().flatten()
-        indptr = torch.cat([tree.tree_indptr[:1], tree.tree_indptr[1:][rows]])
-        arrays = ops.build_tree(tree.parents, indptr, state.prefix_lens[rows].contiguous(),
-                                max_depth, ref.MAX_TREE_NODES)
-        sizes = (indptr[1:] - indptr[:-1]).tolist()
+        active = active_trees(state, tree, self.max_tree_nodes - 1)
+        sizes = (active.indptr[1:] - active.indptr[:-1]).tolist()
         coins = [torch.rand(s + 1, generator=state.generators[b])
-                 for s, b in zip(sizes, rows.tolist(), strict=True)]
+                 for s, b in zip(sizes, active.rows.tolist(), strict=True)]
         uniforms = torch.cat([c[:-1] for c in coins] + [torch.stack([c[-1] for c in coins])])
         p = target_probs(logits, state.sampling)
         q = None if self.sampling_mode == ops.VERIFY_TOPK else self.draft_q
-        got = ops.verify_sampling(tree.tokens, p, q, arrays.first_child, arrays.next_sibling,
-                                  indptr, self.sampling_mode, max_depth, uniforms=uniforms)
-        local = torch.full((batch, max_depth + 1), -1, dtype=torch.int32)
-        n_acc = torch.zeros(batch, dtype=torch.int32)
-        out = torch.full((batch, max_depth + 1), -1, dtype=torch.int64)
-        local[rows], n_acc[rows], out[rows] = got.accept_local, got.accept_len, got.out_tokens
-        return Acceptance(local, n_acc, out)
+        got = ops.verify_sampling(tree.tokens, p, q, active.arrays.first_child,
+                                  active.arrays.next_sibling, active.indptr, self.sampling_mode,
+                                  active.max_depth, uniforms=uniforms)
+        return active.scatter(got, state.roots.numel())
 
 
 def depth_caps(state: StepState, act: list[int], most: int) -> list[int]:

@@ -31,9 +31,9 @@ class GenerationStats:
     forwards: int = 0
     decode_steps: int = 0
     accepted_per_step: list[float] = field(default_factory=list)
-    draft_s: float = 0.0  # in the strategy (propose + observe)
-    verify_s: float = 0.0  # target forward + verification + KV compaction
-    draft_lens: list[int] = field(default_factory=list)  # drafted nodes per request per step
+    draft_s: float = 0.0  # in strategy.propose + strategy.observe (drafting)
+    verify_s: float = 0.0  # in the target forward + strategy.verify + kv_compact
+    draft_tokens: list[int] = field(default_factory=list)  # per active request per step: nodes - 1
 
     @property
     def total_s(self) -> float:
@@ -53,7 +53,7 @@ class GenerationStats:
     @property
     def mean_draft_len(self) -> float:
         """Mean drafted nodes (root excluded) per request per step."""
-        d = self.draft_lens
+        d = self.draft_tokens
         return sum(d) / len(d) if d else 0.0
 
     def accepted_histogram(self) -> dict[int, int]:
@@ -155,7 +155,7 @@ def generate_ids(
         stats.draft_s += t_verify - t_draft
         _check_tree(tree, state)
         sizes = (tree.tree_indptr[1:] - tree.tree_indptr[:-1]).tolist()
-        stats.draft_lens.extend(s - 1 for s in sizes if s > 0)
+        stats.draft_tokens.extend(s - 1 for s in sizes if s > 0)
         if tree.is_chain:
             positions, _, mask_bits = chain_inputs(torch.tensor(sizes), state.prefix_lens)
         else:

@@ -88,24 +88,45 @@ class Strategy:
         """Greedy tree verification (``verify_greedy``); logits float32 [N, V]."""
         if not state.sampling.greedy:
             raise NotImplementedError(f"method {self.name!r} has no sampling verification yet")
-        batch = state.roots.numel()
-        max_depth = self.max_tree_nodes - 1
-        rows = state.active.nonzero().flatten()
-        # Idle requests have empty trees: verify only the active ones, then scatter back.
-        indptr = torch.cat([tree.tree_indptr[:1], tree.tree_indptr[1:][rows]])
-        arrays = ops.build_tree(tree.parents, indptr, state.prefix_lens[rows].contiguous(),
-                                max_depth, ref.MAX_TREE_NODES)
-        got = ops.verify_greedy(tree.tokens, logits.argmax(-1), arrays.first_child,
-                                arrays.next_sibling, indptr, max_depth)
-        local = torch.full((batch, max_depth + 1), -1, dtype=torch.int32)
-        n_acc = torch.zeros(batch, dtype=torch.int32)
-        out = torch.full((batch, max_depth + 1), -1, dtype=torch.int64)
-        local[rows], n_acc[rows], out[rows] = got.accept_local, got.accept_len, got.out_tokens
-        return Acceptance(local, n_acc, out)
+        active = active_trees(state, tree, self.max_tree_nodes - 1)
+        got = ops.verify_greedy(tree.tokens, logits.argmax(-1), active.arrays.first_child,
+                                active.arrays.next_sibling, active.indptr, active.max_depth)
+        return active.scatter(got, state.roots.numel())
 
     def observe(self, state: StepState, tree: DraftTree, acceptance: Acceptance,
                 hidden: torch.Tensor) -> None:
         """Called after the cache holds the accepted path; hidden [N, H] of the tree nodes."""
+
+
+@dataclass
+class ActiveTrees:
+    """The trees of the active requests only (idle requests own empty trees, which the tree
+    ops reject): ``rows`` int64 [A] their batch indices, ``indptr`` int32 [A+1], ``arrays``
+    the ``build_tree`` outputs."""
+
+    rows: torch.Tensor
+    indptr: torch.Tensor
+    arrays: ops.TreeArrays
+    max_depth: int
+
+    def scatter(self, got, batch: int) -> Acceptance:
+        """Per-active verification outputs (accept_local, accept_len, out_tokens) -> the whole
+        batch, idle rows -1 padded with 0 accepted."""
+        width = self.max_depth + 1
+        local = torch.full((batch, width), -1, dtype=torch.int32)
+        n_acc = torch.zeros(batch, dtype=torch.int32)
+        out = torch.full((batch, width), -1, dtype=torch.int64)
+        local[self.rows], n_acc[self.rows], out[self.rows] = got[0], got[1], got[2]
+        return Acceptance(local, n_acc, out)
+
+
+def active_trees(state: StepState, tree: DraftTree, max_depth: int) -> ActiveTrees:
+    """``build_tree`` over the active requests' trees."""
+    rows = state.active.nonzero().flatten()
+    indptr = torch.cat([tree.tree_indptr[:1], tree.tree_indptr[1:][rows]])
+    arrays = ops.build_tree(tree.parents, indptr, state.prefix_lens[rows].contiguous(),
+                            max_depth, ref.MAX_TREE_NODES)
+    return ActiveTrees(rows, indptr, arrays, max_depth)
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}

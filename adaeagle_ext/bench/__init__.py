@@ -1,0 +1,1 @@
+"""Spec-Bench harness behind ``adaeagle bench``: prompts, runner, metrics, peers, report."""

@@ -1,0 +1,191 @@
+"""Write a BenchRun: results.json, results.md, outputs.jsonl and matplotlib PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from adaeagle_ext.bench.metrics import OVERALL
+from adaeagle_ext.bench.runner import BenchRun
+
+PLOTS = ("speedup.png", "tau.png", "draft_hist.png", "time_split.png")
+
+
+def machine_info() -> dict:
+    """CPU, threads, versions and git commit, recorded beside every result."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("transformers", "adaeagle_ext", "llama_cpp_python"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, check=True,
+                                capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return dict(cpu=cpu, logical_cpus=os.cpu_count(), threads=torch.get_num_threads(),
+                versions=versions, git_commit=commit,
+                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
+
+def _fmt(x, spec=".2f", none="–") -> str:
+    return none if x is None else format(x, spec)
+
+
+def markdown(run: BenchRun, info: dict) -> str:
+    """Tables: speedup per task, tau and draft statistics, losslessness."""
+    cols = [*run.tasks, OVERALL]
+    s = run.settings
+    lines = [f"Machine: {info.get('cpu')}, {info.get('threads')} threads, dtype "
+             f"{s.get('dtype', '?')}, torch {info['versions'].get('torch')}, transformers "
+             f"{info['versions'].get('transformers', '–')}, commit {info.get('git_commit')}.",
+             f"{s['questions']} questions, max_new_tokens {s['max_new_tokens']}, temperature "
+             f"{s['temperature']}, warmup {s['warmup']}.", "",
+             "Speedup over `ar` (mean per-question tokens/s ratio, Spec-Bench):", "",
+             "| method | " + " | ".join(cols) + " | tok/s | τ |",
+             "|---" * (len(cols) + 3) + "|"]
+    for m in run.methods:
+        per = run.summaries[m]
+        cells = [_fmt(per[c].speedup) if c in per else "–" for c in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) +
+                     f" | {per[OVERALL].tokens_per_s:.1f} | {_fmt(per[OVERALL].tau)} |")
+    lines += ["", "τ per task (mean tokens per target forward, bonus included):", "",
+              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in run.methods:
+        per = run.summaries[m]
+        lines.append(f"| {m} | " + " | ".join(
+            _fmt(per[c].tau) if c in per else "–" for c in cols) + " |")
+    lines += ["", "Drafting (overall): draft tokens per step, share of wall time drafting / "
+              "verifying:", "", "| method | draft tok/step | draft time | verify time |",
+              "|---|---|---|---|"]
+    for m in run.methods:
+        o = run.summaries[m][OVERALL]
+        lines.append(f"| {m} | {_fmt(o.draft_per_step)} | {_fmt(o.draft_frac, '.1%')} | "
+                     f"{_fmt(o.verify_frac, '.1%')} |")
+    if run.lossless is not None:
+        lines += ["", "Losslessness at T=0 (output token-identical to `ar`; first divergence "
+                  "with the target's top-2 logit gap there):", "",
+                  "| method | identical | divergences (question/turn/position: top-2 gap) |",
+                  "|---|---|---|"]
+        for m, r in run.lossless.items():
+            divs = "; ".join(f"q{d['qid']}/t{d['turn']}/p{d['position']}: "
+                             f"{_fmt(d['top2_gap'], '.3g')}" for d in r["divergences"])
+            lines.append(f"| {m} | {r['identical']}/{r['total']} ({r['rate']:.0%}) | "
+                         f"{divs or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run: BenchRun, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write everything under ``out_dir``; returns the markdown path. Plots are skipped with a
+    note in results.md when matplotlib is missing."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    data = dict(settings=run.settings, machine=info, methods=run.methods, tasks=run.tasks,
+                summaries={m: {t: s.as_dict() for t, s in per.items()}
+                           for m, per in run.summaries.items()},
+                lossless=run.lossless,
+                questions={m: [dict(qid=q.qid, task=q.task, new_tokens=q.new_tokens,
+                                    wall_s=q.wall_s, tokens_per_s=q.tokens_per_s)
+                               for q in qs] for m, qs in run.results.items()},
+                **(extra or {}))
+    (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    with (out / "outputs.jsonl").open("w") as f:
+        for m, qs in run.results.items():
+            for q in qs:
+                f.write(json.dumps(dict(method=m, qid=q.qid, task=q.task,
+                                        turns=[t.token_ids for t in q.turns])) + "\n")
+    md = markdown(run, info)
+    try:
+        _plots(run, out)
+        md += "\n" + "\n".join(f"![{p[:-4]}]({p})" for p in PLOTS) + "\n"
+    except ImportError:
+        md += "\n(plots skipped: matplotlib is not installed)\n"
+    (out / "results.md").write_text(md)
+    return out / "results.md"
+
+
+def _grouped_bars(ax, run: BenchRun, methods, value, ylabel):
+    cols = [*run.tasks, OVERALL]
+    width = 0.8 / max(len(methods), 1)
+    for i, m in enumerate(methods):
+        per = run.summaries[m]
+        ys = [value(per[c]) if c in per and value(per[c]) is not None else 0 for c in cols]
+        ax.bar([j + i * width for j in range(len(cols))], ys, width, label=m)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
+def _plots(run: BenchRun, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dtype = run.settings.get("dtype", "")
+    fig, ax = plt.subplots(figsize=(9, 4))
+    _grouped_bars(ax, run, run.methods, lambda s: s.speedup, "speedup over ar")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_title(f"Speedup per task ({dtype})")
+    fig.tight_layout()
+    fig.savefig(out / "speedup.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    _grouped_bars(ax, run, run.methods, lambda s: s.tau, "τ (tokens / target forward)")
+    ax.set_title(f"Mean accepted tokens per step ({dtype})")
+    fig.tight_layout()
+    fig.savefig(out / "tau.png", dpi=100)
+    plt.close(fig)
+
+    with_hist = [m for m in run.methods if run.summaries[m][OVERALL].draft_hist]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(len(with_hist), 1)
+    for i, m in enumerate(with_hist):
+        h = run.summaries[m][OVERALL].draft_hist
+        total = sum(h.values())
+        ks = sorted(h)
+        ax.bar([k + i * width for k in ks], [h[k] / total for k in ks], width, label=m)
+    ax.set_xlabel("draft tokens per step")
+    ax.set_ylabel("fraction of steps")
+    ax.set_title("Draft-length histogram")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "draft_hist.png", dpi=100)
+    plt.close(fig)
+
+    timed = [m for m in run.methods if run.summaries[m][OVERALL].draft_frac is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    d = [run.summaries[m][OVERALL].draft_frac for m in timed]
+    v = [run.summaries[m][OVERALL].verify_frac for m in timed]
+    rest = [1 - a - b for a, b in zip(d, v, strict=True)]
+    ax.bar(timed, d, label="draft")
+    ax.bar(timed, v, bottom=d, label="verify (target forward + accept)")
+    done = [a + b for a, b in zip(d, v, strict=True)]
+    ax.bar(timed, rest, bottom=done, label="other (prefill, loop)")
+    ax.set_ylabel("share of wall time")
+    ax.set_title("Draft / verify time split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "time_split.png", dpi=100)
+    plt.close(fig)
+

@@ -1,0 +1,59 @@
+"""Linear and embedding layers that keep their weights in packed GGUF blocks (``ops.linear``).
+
+On CPU a decode step is bound by reading weights, so keeping the file's own 4.5-bit (Q4_1) or
+8.5-bit (Q8_0) blocks and dequantising in registers is both the fast path and the exact numbers
+of the original model. ``ops.linear`` reduces every output in one fixed order, so a row's result
+does not depend on the other rows in the call (batch invariance).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adaeagle_ext import ops
+from adaeagle_ext.packed import PackedWeight
+
+
+class PackedLinear(nn.Module):
+    """``y = x @ W.T + b`` with W packed; x [..., K] fp32/bf16 -> y [..., N] in x's dtype."""
+
+    def __init__(self, weight: PackedWeight, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.weight_packed = weight
+        self.register_buffer("bias", None if bias is None else bias.float(), persistent=False)
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight_packed.linear(x, self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        """float32 [N, K] (dequantised on every call)."""
+        return self.weight_packed.dequantize()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"ggml_type={self.weight_packed.ggml_type}, bias={self.bias is not None}")
+
+
+class PackedEmbedding(nn.Module):
+    """Embedding lookup that dequantises only the looked-up rows: ids [...] -> [..., H]."""
+
+    def __init__(self, weight: PackedWeight, dtype: torch.dtype):
+        super().__init__()
+        self.weight_packed = weight
+        self.dtype = dtype
+        self.num_embeddings, self.embedding_dim = weight.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight_packed.rows(ids).to(self.dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight_packed.dequantize()
+
+
+def packable(ggml_type: int, shape: tuple[int, ...]) -> bool:
+    """Whether ``ops.linear`` can run a weight of this type and shape as stored."""
+    if len(shape) != 2 or int(ggml_type) not in ops.GGML_BLOCKS:
+        return False
+    return shape[1] % ops.GGML_BLOCKS[int(ggml_type)][0] == 0

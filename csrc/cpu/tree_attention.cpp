@@ -1,0 +1,630 @@
+// tree_attention and merge_attn_states on CPU.
+//
+// Work is split into tasks (request, kv head, chunk of kChunk keys); tasks run in parallel,
+// longest first, and the chunks of one (request, kv head) are merged by their softmax state
+// afterwards. A task loads its queries (all tree tokens x the heads of the GQA group) into a
+// local fp32 buffer, then walks its keys in blocks of kBlockFor<D>: the block's K rows are
+// transposed into fp32 once and scored against every query row (register tiles of 6 rows),
+// then each row does an online-softmax update and accumulates the block's V rows. Each K/V row
+// is read from the cache once per call.
+//
+// Logical keys: a row of tree token t sees the prefix rows and its visible tree nodes
+// a_0 < a_1 < ... (root-to-node order for a tree). Keys are indexed logically, prefix + k being
+// the row prefix + a_k, i.e. where that path would sit if it were decoded as a chain. Chunks,
+// blocks and SIMD lanes are placed by logical index: blocks of prefix rows only are shared by
+// all query rows; a block reaching into [prefix, prefix + T) is gathered per tree token (its
+// ancestors at their logical lanes) and scored for that token's rows alone.
+//
+// Batch invariance: chunks and blocks start at fixed multiples of the logical key index, masked
+// keys contribute exact zeros and empty chunks merge as exact identities, so a row's result
+// does not depend on T, B or the thread count: a chain verified in one call matches T
+// one-token calls bit for bit, and every node of a tree matches its root-to-node path run as a
+// chain.
+#include "cpu/tree_attention.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace adaeagle::cpu {
+namespace {
+
+constexpr int kChunk = 256;  // keys per task
+constexpr int kLanes = 8;
+// Keys scored together: the transposed block [D][kBlock] stays within 16 KiB of L1.
+template <int D>
+constexpr int kBlockFor = D <= 64 ? 64 : 32;
+constexpr int kOutSlice = 64;  // output dims accumulated in registers at once
+
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef int32_t Int8 __attribute__((vector_size(32)));
+
+inline Vec8 load8(const float* p) {
+  Vec8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, Vec8 v) {
+  std::memcpy(p, &v, sizeof v);
+}
+inline Vec8 splat8(float x) {
+  return Vec8{x, x, x, x, x, x, x, x};
+}
+// Broadcast of *p. On the AVX2 path an explicit vbroadcastss from memory: left to itself GCC
+// assembles splats with shuffles, which cost more than the FMAs they feed.
+template <bool kAvx2>
+inline Vec8 bcast8(const float* p) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if constexpr (kAvx2) {
+    Vec8 v;
+    asm("vbroadcastss %1, %0" : "=x"(v) : "m"(*p));
+    return v;
+  }
+#endif
+  return splat8(*p);
+}
+
+inline float hsum8(Vec8 v) {
+  float s = v[0];
+  for (int i = 1; i < kLanes; ++i) s += v[i];
+  return s;
+}
+inline float hmax8(Vec8 v) {
+  float s = v[0];
+  for (int i = 1; i < kLanes; ++i) s = s > v[i] ? s : v[i];
+  return s;
+}
+
+// 2^x for x <= 0, ~1 ulp; exactly 1 at 0 and exactly 0 below -126 (so also for -inf).
+inline Vec8 exp2_8(Vec8 x) {
+  const Vec8 lo = splat8(-126.0f);
+  const Vec8 xc = x < lo ? lo : x;
+  const Vec8 shifter = splat8(12582912.0f);  // 1.5 * 2^23: x + shifter rounds x to an integer
+  const Vec8 r = (xc + shifter) - shifter;
+  const Vec8 f = xc - r;  // in [-0.5, 0.5]
+  // Taylor series of 2^f = e^(f ln 2) to degree 7 (truncation error < 6e-9).
+  Vec8 p = splat8(1.5252733804059840e-05f);
+  p = p * f + 1.5403530393381606e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.6181291076284772e-03f;
+  p = p * f + 5.5504108664821580e-02f;
+  p = p * f + 2.4022650695910071e-01f;
+  p = p * f + 6.9314718055994531e-01f;
+  p = p * f + 1.0f;
+  const Int8 bits = (__builtin_convertvector(r, Int8) + 127) << 23;
+  Vec8 pow2n;
+  std::memcpy(&pow2n, &bits, sizeof pow2n);
+  const Vec8 res = p * pow2n;
+  return x < lo ? Vec8{} : res;
+}
+
+template <typename T>
+inline float to_float(T x) {
+  return static_cast<float>(x);
+}
+template <typename T>
+inline T from_float(float x) {
+  return static_cast<T>(x);
+}
+
+template <typename T>
+struct Problem {
+  const T* q;
+  const T* kv;
+  T* out;
+  float* lse;
+  const int32_t* prefix_lens;
+  const int32_t* indptr;
+  const int64_t* mask_bits;
+  TreeAttentionShape shape;
+  int64_t layer;
+  int64_t group;
+  float qscale;  // scale * log2(e)
+  int mode;
+};
+
+struct Task {
+  int32_t b, g;      // request, kv head
+  int32_t lo, hi;    // keys (cache rows of the request) [lo, hi)
+  int64_t partial;   // offset of the task's partial state in the scratch buffer, -1: none
+  int64_t cost;
+};
+
+// A (request, kv head) whose keys span several tasks, merged after they all ran.
+struct ChunkedHead {
+  int64_t first_task, num_tasks;
+};
+
+struct Scratch {
+  std::vector<float> q, o;
+  std::vector<SoftmaxState> st;
+  std::vector<uint64_t> all_visible;  // per row: every lane of a gathered block is visible
+  std::vector<float> ktree, vtree;    // [T][D] the request's tree K and V rows in fp32
+  std::vector<int8_t> ancestors;      // [T][kMaxTreeNodes] visible tree nodes in id order
+  std::vector<int32_t> num_visible;   // [T] visible tree nodes per token
+};
+
+Scratch& thread_scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+// Register tiles: kTileRows query rows x 16 columns (two vectors), 8 accumulators that leave
+// room for the operands in the 16 AVX2 registers. Row tails use tiles of 2 and 1 rows.
+constexpr int kTileRows = 6;
+constexpr int kTileCols = 2 * kLanes;
+
+// sc [R][kBlock] = scores of R query rows q [R][D] against a transposed key block kt [D][kBlock].
+template <bool kAvx2, int D, int R>
+inline void score_tile(const float* q, const float* kt, float* sc) {
+  constexpr int kBlock = kBlockFor<D>;
+  for (int col = 0; col < kBlock; col += kTileCols) {
+    Vec8 acc[R][2] = {};
+    for (int d = 0; d < D; ++d) {
+      const Vec8 k0 = load8(kt + d * kBlock + col);
+      const Vec8 k1 = load8(kt + d * kBlock + col + kLanes);
+      for (int r = 0; r < R; ++r) {
+        const Vec8 x = bcast8<kAvx2>(q + r * D + d);
+        acc[r][0] += x * k0;
+        acc[r][1] += x * k1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store8(sc + r * kBlock + col, acc[r][0]);
+      store8(sc + r * kBlock + col + kLanes, acc[r][1]);
+    }
+  }
+}
+
+struct BlockKeys {
+  int start;          // key of lane 0
+  int first, last;    // lanes [first, last) hold keys of the task
+  bool needs_mask;    // some lane is outside the task or is a tree key
+  int prefix_len;
+};
+
+// Online-softmax step of one query row over a key block: masks the scores `sc` [kBlock],
+// replaces them by their weights exp2(s - m) (all 0 when no key is visible), updates the state
+// and returns the factor for the row's previous output sum.
+template <int kBlock>
+inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, SoftmaxState* st) {
+  constexpr int kBlockVecs = kBlock / kLanes;
+  if (blk.needs_mask) {
+    for (int c = 0; c < kBlock; ++c) {
+      const bool visible = c >= blk.first && c < blk.last &&
+                           attn_key_visible(blk.start + c, blk.prefix_len, bits);
+      if (!visible) sc[c] = attn_neg_inf();
+    }
+  }
+  Vec8 mx = load8(sc);
+  for (int v = 1; v < kBlockVecs; ++v) {
+    const Vec8 s = load8(sc + v * kLanes);
+    mx = mx > s ? mx : s;
+  }
+  const float block_max = hmax8(mx);
+  if (block_max == attn_neg_inf()) {
+    for (int v = 0; v < kBlockVecs; ++v) store8(sc + v * kLanes, Vec8{});
+    return 1.0f;
+  }
+  const float alpha = softmax_state_raise(st, block_max);
+  const Vec8 m = splat8(st->m);
+  Vec8 sum = {};
+  for (int v = 0; v < kBlockVecs; ++v) {
+    const Vec8 w = exp2_8(load8(sc + v * kLanes) - m);
+    store8(sc + v * kLanes, w);
+    sum += w;
+  }
+  st->l += hsum8(sum);
+  return alpha;
+}
+
+// o [R][D] = o * alpha[r] + w [R][kBlock] x V, over the block's lanes [first, last) whose V rows
+// are vrows[c]. Masked keys have weight 0 and add exact zeros.
+template <bool kAvx2, int D, int R>
+inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys& blk,
+                            const float* const* vrows, float* o) {
+  constexpr int kBlock = kBlockFor<D>;
+  for (int col = 0; col < D; col += kTileCols) {
+    Vec8 acc[R][2];
+    for (int r = 0; r < R; ++r) {
+      acc[r][0] = load8(o + r * D + col) * alpha[r];
+      acc[r][1] = load8(o + r * D + col + kLanes) * alpha[r];
+    }
+    for (int c = blk.first; c < blk.last; ++c) {
+      const Vec8 v0 = load8(vrows[c] + col);
+      const Vec8 v1 = load8(vrows[c] + col + kLanes);
+      for (int r = 0; r < R; ++r) {
+        const Vec8 x = bcast8<kAvx2>(w + r * kBlock + c);
+        acc[r][0] += x * v0;
+        acc[r][1] += x * v1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store8(o + r * D + col, acc[r][0]);
+      store8(o + r * D + col + kLanes, acc[r][1]);
+    }
+  }
+}
+
+// One key block for query rows [row, row + R).
+template <bool kAvx2, int D, int R>
+inline void block_tile(int row, const float* qs, const float* kt, const BlockKeys& blk,
+                       const float* const* vrows, const uint64_t* bits, SoftmaxState* st,
+                       float* o) {
+  constexpr int kBlock = kBlockFor<D>;
+  alignas(32) float sc[R * kBlock];
+  float alpha[R];
+  score_tile<kAvx2, D, R>(qs + row * D, kt, sc);
+  for (int r = 0; r < R; ++r) {
+    alpha[r] = softmax_block<kBlock>(sc + r * kBlock, blk, bits[row + r], &st[row + r]);
+  }
+  accumulate_tile<kAvx2, D, R>(sc, alpha, blk, vrows, o + row * D);
+}
+
+// One key block for query rows [begin, end), in register tiles. Tiles do not change a row's
+// arithmetic, only how many rows share the loads.
+template <bool kAvx2, int D>
+inline void block_rows(int begin, int end, const float* qs, const float* kt,
+                       const BlockKeys& blk, const float* const* vrows, const uint64_t* bits,
+                       SoftmaxState* st, float* o) {
+  int r = begin;
+  for (; r + kTileRows <= end; r += kTileRows) {
+    block_tile<kAvx2, D, kTileRows>(r, qs, kt, blk, vrows, bits, st, o);
+  }
+  for (; r + 2 <= end; r += 2) block_tile<kAvx2, D, 2>(r, qs, kt, blk, vrows, bits, st, o);
+  for (; r < end; ++r) block_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
+}
+
+// Writes row r (tree token r / group, head g * group + r % group) of request b from its output
+// sum o [dim] and softmax state.
+template <typename T>
+void write_row(const Problem<T>& p, int b, int g, int r, int dim, const float* o,
+               SoftmaxState st) {
+  const int64_t t = p.indptr[b] + r / p.group;
+  const int64_t idx = t * p.shape.heads + g * p.group + r % p.group;
+  const float f = softmax_state_out_scale(st);
+  T* dst = p.out + idx * dim;
+  for (int d = 0; d < dim; ++d) dst[d] = from_float<T>(o[d] * f);
+  if (p.lse != nullptr) p.lse[idx] = softmax_state_lse(st);
+}
+
+template <bool kAvx2, typename T, int D>
+inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
+  const TreeAttentionShape& sh = p.shape;
+  const int64_t start = p.indptr[task.b];
+  const int tree = static_cast<int>(p.indptr[task.b + 1] - start);
+  const int prefix = p.prefix_lens[task.b];
+  const int group = static_cast<int>(p.group);
+  const int rows = tree * group;
+
+  Scratch& s = thread_scratch();
+  if (s.q.size() < static_cast<size_t>(rows) * D) {
+    s.q.resize(static_cast<size_t>(rows) * D);
+    s.o.resize(static_cast<size_t>(rows) * D);
+  }
+  if (s.st.size() < static_cast<size_t>(rows)) {
+    s.st.resize(rows);
+    s.all_visible.assign(rows, ~uint64_t{0});
+  }
+  float* qs = s.q.data();
+  float* o = s.o.data();
+  SoftmaxState* st = s.st.data();
+  const uint64_t* all_visible = s.all_visible.data();
+  for (int r = 0; r < rows; ++r) {
+    const int64_t t = r / group;
+    const T* src = p.q + ((start + t) * sh.heads + task.g * group + r % group) * D;
+    for (int d = 0; d < D; ++d) qs[r * D + d] = to_float(src[d]) * p.qscale;
+    for (int d = 0; d < D; ++d) o[r * D + d] = 0.0f;
+    st[r] = softmax_state_empty();
+  }
+
+  constexpr int kBlock = kBlockFor<D>;
+  const int64_t row_stride = sh.hkv * D;
+  const T* kbase = p.kv + kv_cache_offset(p.layer, 0, task.b, 0, task.g, sh.cache_batch,
+                                          sh.s_max, sh.hkv, D);
+  const T* vbase = p.kv + kv_cache_offset(p.layer, 1, task.b, 0, task.g, sh.cache_batch,
+                                          sh.s_max, sh.hkv, D);
+  // The tree part, for a task whose (logical) keys reach past the prefix.
+  const bool has_tree_keys = task.hi > prefix;
+  float* ktree = nullptr;
+  float* vtree = nullptr;
+  int8_t* anc = nullptr;
+  int32_t* num_visible = nullptr;
+  if (has_tree_keys) {
+    if (s.ktree.size() < static_cast<size_t>(tree) * D) {
+      s.ktree.resize(static_cast<size_t>(tree) * D);
+      s.vtree.resize(static_cast<size_t>(tree) * D);
+    }
+    if (s.num_visible.size() < static_cast<size_t>(tree)) {
+      s.ancestors.resize(static_cast<size_t>(tree) * kMaxTreeNodes);
+      s.num_visible.resize(tree);
+    }
+    ktree = s.ktree.data();
+    vtree = s.vtree.data();
+    anc = s.ancestors.data();
+    num_visible = s.num_visible.data();
+    for (int j = 0; j < tree; ++j) {
+      const T* krow = kbase + static_cast<int64_t>(prefix + j) * row_stride;
+      const T* vrow = vbase + static_cast<int64_t>(prefix + j) * row_stride;
+      for (int d = 0; d < D; ++d) ktree[j * D + d] = to_float(krow[d]);
+      for (int d = 0; d < D; ++d) vtree[j * D + d] = to_float(vrow[d]);
+    }
+    const uint64_t tree_bits = tree >= 64 ? ~uint64_t{0} : (uint64_t{1} << tree) - 1;
+    for (int t = 0; t < tree; ++t) {
+      uint64_t bits = i64_to_bits(p.mask_bits[start + t]) & tree_bits;
+      int n = 0;
+      for (; bits != 0; bits &= bits - 1) {
+        anc[t * kMaxTreeNodes + n++] = static_cast<int8_t>(__builtin_ctzll(bits));
+      }
+      num_visible[t] = n;
+    }
+  }
+  alignas(32) float kt[D * kBlock];
+  alignas(32) float vconv[kBlock * D];
+  const float* vrows[kBlock];
+  for (int bs = task.lo - task.lo % kBlock; bs < task.hi; bs += kBlock) {
+    BlockKeys blk;
+    blk.start = bs;
+    blk.first = std::max(task.lo - bs, 0);
+    blk.last = std::min(task.hi - bs, kBlock);
+    blk.prefix_len = prefix;
+    blk.needs_mask = blk.first > 0 || blk.last < kBlock;
+    for (int c = 0; c < kBlock; ++c) {
+      if (c < blk.first || c >= blk.last || bs + c >= prefix) {  // tree lanes: per token
+        for (int d = 0; d < D; ++d) kt[d * kBlock + c] = 0.0f;
+        vrows[c] = nullptr;
+        continue;
+      }
+      const T* krow = kbase + static_cast<int64_t>(bs + c) * row_stride;
+      for (int d = 0; d < D; ++d) kt[d * kBlock + c] = to_float(krow[d]);
+      const T* vrow = vbase + static_cast<int64_t>(bs + c) * row_stride;
+      if constexpr (std::is_same_v<T, float>) {
+        vrows[c] = vrow;
+      } else {
+        for (int d = 0; d < D; ++d) vconv[c * D + d] = to_float(vrow[d]);
+        vrows[c] = vconv + c * D;
+      }
+    }
+    if (bs + blk.last <= prefix) {  // prefix keys only: shared by every row
+      block_rows<kAvx2, D>(0, rows, qs, kt, blk, vrows, all_visible, st, o);
+      continue;
+    }
+    // Lanes from tree_lane on hold logical tree keys: gathered per token from its ancestors;
+    // lanes past the token's last visible node keep stale keys and are masked.
+    const int tree_lane = std::max(prefix - bs, blk.first);
+    for (int t = 0; t < tree; ++t) {
+      BlockKeys tb = blk;
+      tb.last = std::min(blk.last, prefix + num_visible[t] - bs);
+      if (tb.last <= tb.first) continue;  // no key of this token in the block
+      tb.needs_mask = tb.first > 0 || tb.last < kBlock;
+      for (int c = tree_lane; c < tb.last; ++c) {
+        const int node = anc[t * kMaxTreeNodes + bs + c - prefix];
+        const float* krow = ktree + node * D;
+        for (int d = 0; d < D; ++d) kt[d * kBlock + c] = krow[d];
+        vrows[c] = vtree + node * D;
+      }
+      block_rows<kAvx2, D>(t * group, (t + 1) * group, qs, kt, tb, vrows, all_visible, st, o);
+    }
+  }
+
+  if (task.partial < 0) {
+    for (int r = 0; r < rows; ++r) write_row(p, task.b, task.g, r, D, o + r * D, st[r]);
+    return;
+  }
+  float* part = partials + task.partial;
+  for (int r = 0; r < rows; ++r) {
+    std::memcpy(part + r * (D + 2), o + r * D, sizeof(float) * D);
+    part[r * (D + 2) + D] = st[r].m;
+    part[r * (D + 2) + D + 1] = st[r].l;
+  }
+}
+
+template <typename T, int D>
+__attribute__((flatten)) void run_task_generic(const Problem<T>& p, const Task& task,
+                                               float* partials) {
+  run_task<false, T, D>(p, task, partials);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+template <typename T, int D>
+__attribute__((target("avx2,fma"), flatten)) void run_task_avx2(const Problem<T>& p,
+                                                                const Task& task,
+                                                                float* partials) {
+  run_task<true, T, D>(p, task, partials);
+}
+
+// ADAEAGLE_NO_AVX2=1 (read once) forces the portable path, so tests can run it here too.
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("ADAEAGLE_NO_AVX2") == nullptr;
+  return has;
+}
+#endif
+
+template <typename T, int D>
+auto pick_task_fn() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (cpu_has_avx2()) return &run_task_avx2<T, D>;
+#endif
+  return &run_task_generic<T, D>;
+}
+
+// Merges the partial states of a chunked (request, kv head) in chunk order and writes it.
+template <typename T>
+void merge_chunks(const Problem<T>& p, const Task* tasks, const ChunkedHead& head,
+                  const float* partials) {
+  const Task& first = tasks[head.first_task];
+  const int64_t dim = p.shape.dim;
+  const int rows = static_cast<int>((p.indptr[first.b + 1] - p.indptr[first.b]) * p.group);
+  std::vector<float> acc(dim);
+  for (int r = 0; r < rows; ++r) {
+    const float* part = partials + first.partial + r * (dim + 2);
+    SoftmaxState st{part[dim], part[dim + 1]};
+    std::copy(part, part + dim, acc.begin());
+    for (int64_t c = 1; c < head.num_tasks; ++c) {
+      part = partials + tasks[head.first_task + c].partial + r * (dim + 2);
+      float fa = 0.0f, fb = 0.0f;
+      softmax_state_merge(&st, SoftmaxState{part[dim], part[dim + 1]}, &fa, &fb);
+      for (int64_t d = 0; d < dim; ++d) acc[d] = acc[d] * fa + part[d] * fb;
+    }
+    write_row(p, first.b, first.g, r, static_cast<int>(dim), acc.data(), st);
+  }
+}
+
+template <typename T>
+void run(const Problem<T>& p) {
+  const TreeAttentionShape& sh = p.shape;
+  std::vector<Task> tasks;
+  std::vector<ChunkedHead> chunked;
+  int64_t partial_size = 0;
+  for (int32_t b = 0; b < sh.batch; ++b) {
+    const int tree = p.indptr[b + 1] - p.indptr[b];
+    if (tree == 0) continue;
+    const int rows = tree * static_cast<int>(p.group);
+    int lo = 0, hi = 0;
+    attn_key_range(p.mode, p.prefix_lens[b], tree, &lo, &hi);
+    for (int32_t g = 0; g < sh.hkv; ++g) {
+      const int64_t first = static_cast<int64_t>(tasks.size());
+      for (int c = lo - lo % kChunk; c < hi; c += kChunk) {
+        const int clo = std::max(c, lo), chi = std::min(c + kChunk, hi);
+        tasks.push_back({b, g, clo, chi, -1, int64_t{chi - clo + 32} * rows});
+      }
+      if (hi <= lo) tasks.push_back({b, g, lo, lo, -1, rows});
+      const int64_t count = static_cast<int64_t>(tasks.size()) - first;
+      if (count > 1) {
+        chunked.push_back({first, count});
+        for (int64_t i = first; i < first + count; ++i) {
+          tasks[i].partial = partial_size;
+          partial_size += rows * (sh.dim + 2);
+        }
+      }
+    }
+  }
+  if (tasks.empty()) return;
+
+  thread_local std::vector<float> partials;
+  if (partials.size() < static_cast<size_t>(partial_size)) partials.resize(partial_size);
+  float* part = partials.data();
+  auto task_fn = sh.dim == 64 ? pick_task_fn<T, 64>() : pick_task_fn<T, 128>();
+
+  const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), num_tasks);
+  if (threads <= 1) {
+    for (const Task& task : tasks) task_fn(p, task, part);
+  } else {
+    // Longest tasks first, handed out one at a time to whichever thread is free.
+    std::vector<int64_t> order(num_tasks);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return tasks[a].cost > tasks[b].cost; });
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      for (int64_t i = next.fetch_add(1); i < num_tasks; i = next.fetch_add(1)) {
+        task_fn(p, tasks[order[i]], part);
+      }
+    });
+  }
+  if (chunked.empty()) return;
+  at::parallel_for(0, static_cast<int64_t>(chunked.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) merge_chunks(p, tasks.data(), chunked[i], part);
+  });
+}
+
+void check_batch(const TreeAttentionShape& sh, const int32_t* prefix_lens,
+                 const int32_t* tree_indptr) {
+  TORCH_CHECK(tree_indptr[0] == 0, "tree_attention: tree_indptr[0] must be 0, got ",
+              tree_indptr[0]);
+  TORCH_CHECK(tree_indptr[sh.batch] == sh.num_nodes, "tree_attention: tree_indptr[-1] must ",
+              "equal q.size(0)=", sh.num_nodes, ", got ", tree_indptr[sh.batch]);
+  for (int64_t b = 0; b < sh.batch; ++b) {
+    const int64_t tree = int64_t{tree_indptr[b + 1]} - tree_indptr[b];
+    TORCH_CHECK(tree >= 0, "tree_attention: tree_indptr must be non-decreasing, got ",
+                "tree_indptr[", b + 1, "]=", tree_indptr[b + 1], " < ", tree_indptr[b]);
+    TORCH_CHECK(tree <= kMaxTreeNodes, "tree_attention: request ", b, " has ", tree,
+                " tree tokens, at most ", kMaxTreeNodes, " allowed");
+    TORCH_CHECK(prefix_lens[b] >= 0, "tree_attention: prefix_lens[", b, "]=", prefix_lens[b],
+                " must be >= 0");
+    TORCH_CHECK(prefix_lens[b] + tree <= sh.s_max, "tree_attention: request ", b,
+                ": prefix_lens + tree tokens = ", prefix_lens[b], " + ", tree,
+                " exceeds the cache length S_max=", sh.s_max);
+  }
+}
+
+template <typename T>
+void merge_states(const T* out_a, const float* lse_a, const T* out_b, const float* lse_b,
+                  int64_t rows, int64_t dim, T* out, float* lse) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float wa = 0.0f, wb = 0.0f;
+      const float merged = lse_merge_weights(lse_a[r], lse_b[r], &wa, &wb);
+      const T* a = out_a + r * dim;
+      const T* b = out_b + r * dim;
+      T* dst = out + r * dim;
+      // Element d is read before it is written, so out may alias out_a or out_b.
+      if (wa != 0.0f && wb != 0.0f) {
+        for (int64_t d = 0; d < dim; ++d) {
+          dst[d] = from_float<T>(wa * to_float(a[d]) + wb * to_float(b[d]));
+        }
+      } else if (wa != 0.0f) {
+        for (int64_t d = 0; d < dim; ++d) dst[d] = from_float<T>(wa * to_float(a[d]));
+      } else if (wb != 0.0f) {
+        for (int64_t d = 0; d < dim; ++d) dst[d] = from_float<T>(wb * to_float(b[d]));
+      } else {
+        for (int64_t d = 0; d < dim; ++d) dst[d] = from_float<T>(0.0f);
+      }
+      lse[r] = merged;
+    }
+  });
+}
+
+}  // namespace
+
+void tree_attention(const void* q, const void* kv_cache, AttnDtype dtype,
+                    const TreeAttentionShape& shape, int64_t layer, const int32_t* prefix_lens,
+                    const int32_t* tree_indptr, const int64_t* mask_bits, float scale,
+                    int mode, void* out, float* lse) {
+  TORCH_CHECK(shape.dim == 64 || shape.dim == 128, "tree_attention: head dim must be 64 or ",
+              "128, got ", shape.dim);
+  check_batch(shape, prefix_lens, tree_indptr);
+  auto go = [&](auto tag) {
+    using T = decltype(tag);
+    Problem<T> p{static_cast<const T*>(q), static_cast<const T*>(kv_cache),
+                 static_cast<T*>(out), lse, prefix_lens, tree_indptr, mask_bits, shape, layer,
+                 shape.heads / shape.hkv, scale * kLog2e, mode};
+    run(p);
+  };
+  switch (dtype) {
+    case kAttnF32: go(float{}); break;
+    case kAttnBF16: go(c10::BFloat16{}); break;
+    case kAttnF16: go(c10::Half{}); break;
+  }
+}
+
+void merge_attn_states(const void* out_a, const float* lse_a, const void* out_b,
+                       const float* lse_b, AttnDtype dtype, int64_t rows, int64_t dim, void* out,
+                       float* lse) {
+  auto go = [&](auto tag) {
+    using T = decltype(tag);
+    merge_states(static_cast<const T*>(out_a), lse_a, static_cast<const T*>(out_b), lse_b, rows,
+                 dim, static_cast<T*>(out), lse);
+  };
+  switch (dtype) {
+    case kAttnF32: go(float{}); break;
+    case kAttnBF16: go(c10::BFloat16{}); break;
+    case kAttnF16: go(c10::Half{}); break;
+  }
+}
+
+}  // namespace adaeagle::cpu
