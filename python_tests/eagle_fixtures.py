@@ -13,8 +13,8 @@ from adaeagle_ext.drafters.eagle_head import EagleHead
 SMALL_VOCAB = 8
 
 
-def tiny_target(vocab: int = SMALL_VOCAB, seed: int = 0, max_pos: int = 512):
-    config = tiny_config(vocab_size=vocab, max_position_embeddings=max_pos)
+def tiny_target(vocab: int = SMALL_VOCAB, seed: int = 0, max_pos: int = 512, **changes):
+    config = tiny_config(vocab_size=vocab, max_position_embeddings=max_pos, **changes)
     return ours(config, random_weights(config, seed=seed))
 
 

@@ -56,6 +56,18 @@ def test_every_strategy_matches_ar(seed):
     assert accepted_more, "no step accepted 2+ drafts: the test would not exercise acceptance"
 
 
+def test_kernel_attention_head_dim_matches_ar():
+    """head_dim 64: target and head attention run the C++ tree_attention kernel."""
+    model = tiny_target(seed=8, hidden_size=128, num_heads=2, num_kv_heads=1)
+    head = random_head(model, seed=8)
+    gen = torch.Generator().manual_seed(8)
+    accepted = 0.0
+    for strategy in strategies(head, gen)[1::2]:
+        stats = check_same(model, strategy, PROMPTS, max_new_tokens=20)
+        accepted = max(accepted, max(stats.accepted_per_step))
+    assert accepted >= 3
+
+
 def test_reduced_draft_vocabulary_matches_ar():
     model = tiny_target(vocab=101, seed=5)
     vocab = torch.tensor([0, 3, 4, 9, 17, 33, 50, 51, 77, 100])

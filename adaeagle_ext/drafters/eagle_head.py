@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +77,17 @@ class EagleHeadConfig:
                 for f in fields if getattr(self, f) != getattr(want, f)]
 
 
-def embedding_fingerprint(embed: torch.Tensor) -> float:
+def dense_embedding(target) -> torch.Tensor:
+    """The target's embedding matrix [V, H] in its dtype (dequantised when packed)."""
+    emb = target.model.embed_tokens
+    w = emb.dense_weight() if hasattr(emb, "dense_weight") else emb.weight
+    return w.detach().to(target.dtype)
+
+
+def embedding_fingerprint(target) -> float:
     """A number that tells targets of equal shape apart: the float64 sum of |embed[:256]|."""
-    return float(embed[:256].double().abs().sum())
+    rows = target.model.embed_tokens(torch.arange(min(256, target.config.vocab_size)))
+    return float(rows.detach().double().abs().sum())
 
 
 class EagleHead(nn.Module):
@@ -105,6 +114,7 @@ class EagleHead(nn.Module):
         self.register_buffer("inv_freq", lc.inv_freq(), persistent=False)
         self.embed: torch.Tensor | None = None
         self.head_weight: torch.Tensor | None = None
+        self.bound_to = None
 
     # --- binding to the target ------------------------------------------------------------
 
@@ -118,10 +128,14 @@ class EagleHead(nn.Module):
             raise ValueError("the EAGLE head does not fit this target: " + "; ".join(bad))
         self.to(target.dtype)
         self.inv_freq = self.config.llama_config().inv_freq()  # RoPE stays float32
-        self.embed = target.model.embed_tokens.weight.detach()
-        head = target.lm_head_weight().detach()
+        self.embed = dense_embedding(target)
+        head = target.lm_head_weight().detach().to(target.dtype)
         self.head_weight = head if self.draft_vocab is None else head[self.draft_vocab]
+        self.bound_to = weakref.ref(target)
         return self
+
+    def is_bound_to(self, target) -> bool:
+        return self.bound_to is not None and self.bound_to() is target
 
     @property
     def dtype(self) -> torch.dtype:
@@ -224,7 +238,7 @@ class EagleHead(nn.Module):
     def for_target(cls, target, draft_vocab: torch.Tensor | None = None,
                    seed: int | None = None) -> EagleHead:
         """A freshly initialised head bound to ``target`` (random weights, fp32 init)."""
-        fp = embedding_fingerprint(target.model.embed_tokens.weight)
+        fp = embedding_fingerprint(target)
         n = None if draft_vocab is None else int(draft_vocab.numel())
         cfg = EagleHeadConfig.from_target(target.config, n, fp)
         if seed is not None:
@@ -281,5 +295,5 @@ class EagleHead(nn.Module):
         fp = self.config.target_fingerprint
         if fp is None:
             return True
-        got = embedding_fingerprint(target.model.embed_tokens.weight)
+        got = embedding_fingerprint(target)
         return abs(got - fp) <= rel_tol * max(abs(fp), 1e-12)

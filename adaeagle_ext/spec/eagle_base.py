@@ -39,21 +39,20 @@ def resolve_head(head, target) -> EagleHead:
     """An EagleHead bound to ``target``: ``head`` itself, a file path, or (None) the shipped
     head when it was trained for ``target``. Loaded files are cached per target."""
     if isinstance(head, EagleHead):
-        return head if head.embed is not None and head.embed.data_ptr() == \
-            target.model.embed_tokens.weight.data_ptr() else head.bind(target)
+        return head if head.is_bound_to(target) else head.bind(target)
     path = Path(head) if head is not None else DEFAULT_HEAD_PATH
-    key = (str(path.resolve()), target.model.embed_tokens.weight.data_ptr(), target.dtype)
-    if key not in _LOADED:
-        if head is None and not path.is_file():
-            raise ValueError("no EAGLE head ships for this target; pass head=<path to an "
-                             "eagle_head.safetensors> (train one with `adaeagle train-head`)")
-        loaded = EagleHead.load(path)
-        if head is None and not loaded.matches(target):
-            raise ValueError(f"the shipped EAGLE head ({path}) was trained for a different "
-                             "target; pass head=<path> (train one with `adaeagle train-head`)")
-        if len(_LOADED) >= 4:  # a bound head keeps its target's embedding alive
-            _LOADED.pop(next(iter(_LOADED)))
-        _LOADED[key] = loaded.bind(target)
+    key = (str(path.resolve()), target.dtype)
+    cached = _LOADED.get(key)
+    if cached is not None and cached.is_bound_to(target):
+        return cached
+    if head is None and not path.is_file():
+        raise ValueError("no EAGLE head ships for this target; pass head=<path to an "
+                         "eagle_head.safetensors> (train one with `adaeagle train-head`)")
+    loaded = EagleHead.load(path)
+    if head is None and not loaded.matches(target):
+        raise ValueError(f"the shipped EAGLE head ({path}) was trained for a different "
+                         "target; pass head=<path> (train one with `adaeagle train-head`)")
+    _LOADED[key] = loaded.bind(target)  # one bound head per file and dtype
     return _LOADED[key]
 
 
