@@ -9,10 +9,17 @@ map to one scalar. The parameter names map 1:1 onto ``ops.LdlpWeights``: ``proj`
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from adaeagle_ext import ops
+
+FORMAT = "adaeagle-ldlp-v1"
 
 
 def rms_normalise(v: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,3 +66,53 @@ class LDLP(nn.Module):
         """Draft lengths int32 [B] = clamp(round(forward(emb, hidden)), 0, k_max) by the fused
         ``ldlp_mlp`` op. emb, hidden: contiguous [B, H], float32 or bfloat16."""
         return ops.ldlp_mlp(emb, hidden, self.weights(), k_max, self.eps).lengths
+
+    def save(self, path: str | Path, *, k_max: int, target_fingerprint: float | None = None,
+             extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
+        """Weights (optionally cast) + JSON metadata: hidden_size, width, eps, ``k_max`` (the
+        cap it was trained with), the target's embedding fingerprint, and ``extra`` (training
+        record). Safetensors only, never pickle."""
+        tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous()
+                   for k, v in self.state_dict().items()}
+        config = dict(hidden_size=self.hidden_size, width=self.width, eps=self.eps,
+                      k_max=int(k_max), target_fingerprint=target_fingerprint)
+        meta = {"format": FORMAT, "config": json.dumps(config)}
+        if extra:
+            meta["extra"] = json.dumps(extra)
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, hidden_size: int | None = None) -> tuple[LDLP, dict]:
+        """An LDLP saved by ``save`` and its config dict (``k_max``, ``target_fingerprint``,
+        ...; ``extra`` parsed when present). Weights keep their stored dtype.
+
+        Raises:
+            FileNotFoundError / ValueError naming the file: missing, not an LDLP file, weights
+            that disagree with the config, or a hidden size other than ``hidden_size``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"LDLP {str(path)!r}: no such file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types on corrupt files
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an LDLP file (format {meta.get('format')!r})")
+        config = json.loads(meta["config"])
+        if hidden_size is not None and config["hidden_size"] != hidden_size:
+            raise ValueError(f"{path}: LDLP was trained for hidden size "
+                             f"{config['hidden_size']}, the target has {hidden_size}")
+        dtypes = {t.dtype for t in tensors.values()}
+        module = cls(config["hidden_size"], config["width"], config["eps"])
+        try:
+            module.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not match its config: {e}") from None
+        if len(dtypes) == 1:
+            module.to(dtypes.pop())
+        if "extra" in meta:
+            config["extra"] = json.loads(meta["extra"])
+        return module.requires_grad_(False).eval(), config
