@@ -64,10 +64,25 @@ class Eagle2(EagleBase):
 
     def propose(self, state: StepState) -> DraftTree:
         act = state.active.nonzero().flatten().tolist()
+        cands = self.expand(state, act, depth_caps(state, act, self.depth))
+        nodes = [tree_nodes(c, rank(c)[:self.total_tokens - 1]) for c in cands]
+        self.draft_q = None
+        return csr_tree(act, state.roots.numel(), state.roots, nodes)
+
+    def expand(self, state: StepState, act: list[int], caps: list[int]) -> list[list[tuple]]:
+        """Refresh the head, then grow each active request's candidates to its depth cap.
+
+        Args:
+            act: the active requests (batch indices, ascending); caps: per active request,
+                the levels to expand (0: no candidates, only the root is drafted).
+
+        Returns:
+            per active request, its candidates as (score, depth, parent candidate or -1,
+            token, index) tuples; index is the position in the list, parents come first.
+        """
         n_act = len(act)
-        caps = depth_caps(state, act, self.depth)
+        depth = max(caps, default=0)
         root_feats = self.refresh(state)
-        # candidates per request: (score, depth, parent candidate or -1, token, index)
         cands: list[list[tuple]] = [[] for _ in act]
         frontier: list[list[int]] = [[] for _ in act]  # candidate ids fed at the last level
         feats: list[dict] = [dict() for _ in act]  # candidate id -> predicted feature
@@ -76,7 +91,7 @@ class Eagle2(EagleBase):
         live = [i for i in range(n_act) if caps[i] >= 1]
         src = root_feats[live] if live else None  # features proposing the next level
         src_owner = [(i, -1) for i in live]  # (request, parent candidate)
-        for level in range(1, self.depth + 1):
+        for level in range(1, depth + 1):
             if not src_owner:
                 break
             logp = torch.log_softmax(self.draft_logits(src), dim=-1)
@@ -91,7 +106,7 @@ class Eagle2(EagleBase):
                     cands[i].append((base + v, level, par, tok, c))
                     new_by_req.setdefault(i, []).append(c)
             # the next frontier: top_k new candidates by score, for requests that go deeper
-            grow = [i for i in new_by_req if caps[i] > level and level < self.depth]
+            grow = [i for i in new_by_req if caps[i] > level]
             for i in grow:
                 best = sorted(new_by_req[i], key=lambda c: (-cands[i][c][0], c))[:k]
                 frontier[i] = best
@@ -110,12 +125,18 @@ class Eagle2(EagleBase):
                 fed[i][c] = idx[j]
             src = out
             src_owner = pairs
-        nodes = []
-        for i in range(n_act):
-            ranked = sorted(cands[i], key=lambda x: (-x[0], x[1], x[4]))
-            chosen = sorted(c[4] for c in ranked[:self.total_tokens - 1])
-            local = {c: j + 1 for j, c in enumerate(chosen)}
-            nodes.append([(cands[i][c][3], 0 if cands[i][c][2] < 0 else local[cands[i][c][2]])
-                          for c in chosen])
-        self.draft_q = None
-        return csr_tree(act, state.roots.numel(), state.roots, nodes)
+        return cands
+
+
+def rank(cands: list[tuple]) -> list[int]:
+    """Candidate indices in reranking order: score descending, ties to the shallower, then the
+    earlier node. A child never outscores its parent, so every prefix is a connected tree."""
+    return [c[4] for c in sorted(cands, key=lambda x: (-x[0], x[1], x[4]))]
+
+
+def tree_nodes(cands: list[tuple], chosen: list[int]) -> list[tuple[int, int]]:
+    """The chosen candidates (a connected set) as (token, parent local id) nodes in generation
+    order after the root (local ids from 1)."""
+    chosen = sorted(chosen)
+    local = {c: j + 1 for j, c in enumerate(chosen)}
+    return [(cands[c][3], 0 if cands[c][2] < 0 else local[cands[c][2]]) for c in chosen]
