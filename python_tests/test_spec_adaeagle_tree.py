@@ -249,3 +249,28 @@ def test_registered_by_name():
     s = make_strategy("adaeagle-tree:top_k=2,total_tokens=10")
     assert isinstance(s, AdaEagleTree) and (s.top_k, s.total_tokens) == (2, 10)
     assert s.max_tree_nodes == 10 and s.depth == 32
+
+
+# --- the default model ---------------------------------------------------------------------
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_default_model_matches_ar():
+    """Shipped head, a random LDLP (predictions over 0..6), measured costs, Spec-Bench prompts."""
+    import json
+
+    from adaeagle_ext.api import load
+    from adaeagle_ext.bench.prompts import DEFAULT_PROMPTS
+
+    pipe = load(None, dtype="float32", threads=1, progress=False)
+    ldlp = random_ldlp(pipe.model, k_max=6, seed=0)
+    lines = DEFAULT_PROMPTS.read_text().splitlines()
+    eos = pipe._eos_ids()
+    for i in (0, 100, 400):
+        prompt = pipe.encode(json.loads(lines[i])["turns"][0], chat=True)
+        (want,), _ = generate_ids(pipe.model, [prompt], max_new_tokens=32, eos_ids=eos)
+        (got,), stats = generate_ids(pipe.model, [prompt], method=AdaEagleTree(ldlp=ldlp),
+                                     max_new_tokens=32, eos_ids=eos)
+        assert got.token_ids == want.token_ids
+        assert stats.mean_accepted > 1.0

@@ -233,6 +233,7 @@ def measure_step_costs(model, head=None, *, cache_len: int = DEFAULT_CACHE_LEN,
     prefix = torch.tensor([cache_len], dtype=torch.int32)
     target_cache = model.new_cache(1, cache_len + MAX_TREE_NODES)
     vocab = model.config.vocab_size
+    on_gpu = model.model.norm.weight.device.type == "cuda"
 
     def verify_pass(t: int) -> None:
         pos, indptr, bits = chain_inputs(torch.tensor([t]), prefix)
@@ -263,6 +264,8 @@ def measure_step_costs(model, head=None, *, cache_len: int = DEFAULT_CACHE_LEN,
         for kind, size, run in passes:
             t0 = time.perf_counter()
             run(size)
+            if on_gpu:
+                torch.cuda.synchronize()
             times[(kind, size)].append(time.perf_counter() - t0)
         now = time.perf_counter()
         if r + 1 < reps and (now - start) + (now - t_round) > budget_s:
