@@ -83,7 +83,13 @@ def add_train_head(sub) -> None:
     add_parser(sub)
 
 
-SUBCOMMANDS = [add_generate, add_fetch, add_bench, add_train_head]
+def add_train_ldlp(sub) -> None:
+    from adaeagle_ext.train.ldlp_pipeline import add_parser
+
+    add_parser(sub)
+
+
+SUBCOMMANDS = [add_generate, add_fetch, add_bench, add_train_head, add_train_ldlp]
 
 
 def build_parser() -> argparse.ArgumentParser:
