@@ -345,3 +345,29 @@ def test_default_model_uses_the_shipped_table_and_matches_ar():
     assert strategy.table is not None and strategy.table.vocab_size == 49152
     assert got.token_ids == want.token_ids
     assert stats.mean_accepted > 1.0
+
+
+def test_hf_peer_builds_from_a_packed_target():
+    """``hf-pld`` beside ``aded`` on the default (native GGUF) weights: the peer dequantises
+    the packed layers."""
+    from model_fixtures import random_weights, tiny_config
+
+    from adaeagle_ext import ops
+    from adaeagle_ext.bench.peers import HFPeer, dense_state_dict
+    from adaeagle_ext.models.llama import build_model
+    from adaeagle_ext.packed import PackedWeight
+
+    config = tiny_config(hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2)
+    weights = random_weights(config, seed=3)
+    packed = {k: PackedWeight.from_float(v, ops.GGML_Q8_0) for k, v in weights.items()
+              if v.dim() == 2}
+    model = build_model(config, {k: v for k, v in weights.items() if k not in packed},
+                        torch.float32, packed)
+    assert model.packed
+    dense = dense_state_dict(model)
+    for name, pw in packed.items():
+        torch.testing.assert_close(dense[name], pw.dequantize())
+    prompt = [5, 9, 13, 5, 9]
+    peer = HFPeer(model, pld_tokens=4)
+    (want,), _ = generate_ids(model, [prompt], max_new_tokens=12)
+    assert peer.run(prompt, 12, []).token_ids == want.token_ids
