@@ -153,7 +153,7 @@ def test_report_files(run, tmp_path):
 def test_method_names(broken):
     assert resolve_methods("hf,ar") == ["ar", "hf"]
     assert "test-broken" in resolve_methods("all")
-    with pytest.raises(ValueError, match=r"unknown method 'nope'.*strategies: ar.*peers: hf"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'.*strategies: .*\bar\b.*peers: hf"):
         resolve_methods("ar,nope")
 
 

@@ -45,7 +45,7 @@ def hf_from_runtime(model: LlamaForCausalLM):
     import transformers
 
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**model.config.to_hf_dict()))
-    state = {k: v for k, v in model.state_dict().items()
+    state = {k: v for k, v in dense_state_dict(model).items()
              if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     if unexpected or any("lm_head" not in k for k in missing):
@@ -54,6 +54,19 @@ def hf_from_runtime(model: LlamaForCausalLM):
     if model.config.tie_word_embeddings:
         hf.tie_weights()
     return hf.to(model.dtype).eval()
+
+
+def dense_state_dict(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
+    """``model``'s HF-named weights with packed (native GGUF) layers dequantised (float32)."""
+    from adaeagle_ext.models.packed_layers import PackedEmbedding, PackedLinear
+
+    state = dict(model.state_dict())
+    for name, module in model.named_modules():
+        if isinstance(module, (PackedLinear, PackedEmbedding)):
+            state[f"{name}.weight"] = module.dense_weight()
+            if isinstance(module, PackedLinear) and module.bias is not None:
+                state[f"{name}.bias"] = module.bias
+    return state
 
 
 def _cut_at_eos(ids: list[int], eos_ids: Sequence[int]) -> list[int]:

@@ -12,6 +12,7 @@ from adaeagle_ext.models.kv_compact import kv_compact_
 from adaeagle_ext.models.llama import LlamaForCausalLM
 from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs, tree_inputs
 from adaeagle_ext.spec import adaeagle_tree as _adaeagle_tree  # noqa: F401
+from adaeagle_ext.spec import aded as _aded  # noqa: F401  (registers "aded")
 from adaeagle_ext.spec import ar as _ar  # noqa: F401  (registers "ar")
 from adaeagle_ext.spec import chain as _chain  # noqa: F401  (registers "chain")
 from adaeagle_ext.spec import eagle as _eagle  # noqa: F401  (registers "eagle")

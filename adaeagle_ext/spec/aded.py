@@ -1,0 +1,228 @@
+"""``aded``: ADED's training-free tri-gram draft trees (arXiv 2407.12021).
+
+Each step, every active request gets a tree of at most ``max_nodes`` nodes (root included) from
+``ops.aded_draft``: an MCTS search (PUCT, rollouts, visit-count path ranking) over the tri-gram
+table, started from the request's last two tokens (the last one, the pending token, is the
+root). Before each search the tokens committed since the last one are appended to the request's
+context and the tri-grams of its last 16 tokens are reinforced (+0.04, capped at 3.0) in a
+per-generation overlay (``AdedDrafter``); the stored table is never modified.
+
+Tables (``table=`` argument or ``aded:table=...`` / ``aded:path=...``):
+
+- ``"auto"`` (default): the shipped table when the target is the default model (same vocabulary
+  size and embedding fingerprint), else none;
+- ``"default"``: the shipped table for any target with its vocabulary size (e.g. another model
+  with the SmolLM2 tokenizer);
+- a file path (built with ``python -m adaeagle_ext.train.build_trigram``) or a TrigramTable;
+- ``"none"``: no table; the prompt's tri-grams seed the overlay, then the generation's own.
+
+Verification: greedy through the base ``verify_greedy``; at T > 0 through ``verify_sampling``'s
+top-k rule (``VERIFY_TOPK``), exact because the tree is a deterministic function of the committed
+tokens (the search seed depends on the context length only) and siblings carry distinct tokens
+(checked, duplicates dropped). ADED's own approximate nucleus rule is not used.
+
+Spec string (any subset, comma-separated): ``table=auto|default|none|PATH`` (``path=PATH``),
+``iterations=150``, ``max_nodes=64``, ``c1=32``, ``c2=8``, ``max_len=4``, ``top_paths=24``,
+``seed=0``. The defaults are ADED's (``AdedDrafter``). A path holding a comma cannot go in the
+spec string: pass ``table=`` to ``Aded`` instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adaeagle_ext import ops
+from adaeagle_ext.drafters.aded import DEFAULT_TABLE_PATH, AdedDrafter
+from adaeagle_ext.drafters.eagle_head import embedding_fingerprint
+from adaeagle_ext.drafters.trigram import TrigramTable
+from adaeagle_ext.spec.eagle_base import csr_tree, depth_caps
+from adaeagle_ext.spec.sampling import target_probs
+from adaeagle_ext.spec.strategy import (
+    Acceptance,
+    DraftTree,
+    StepState,
+    Strategy,
+    active_trees,
+    register,
+)
+
+# ``embedding_fingerprint`` of the default model (SmolLM2-135M-Instruct Q4_1): 14150.4129 in
+# float32, 14150.3767 in bfloat16 (measured when the shipped table was wired in).
+DEFAULT_TARGET_FINGERPRINT = 14150.412935256958
+FINGERPRINT_REL_TOL = 1e-3
+DEFAULT_VOCAB_SIZE = 49152
+
+SEARCH_DEFAULTS = dict(iterations=150, max_nodes=ops.MAX_TREE_NODES, c1=32.0, c2=8.0,
+                       max_len=4, top_paths=24, seed=0)
+_INT_KEYS = ("iterations", "max_nodes", "max_len", "top_paths", "seed")
+_TABLE_WORDS = ("auto", "default", "none")
+_LOADED: dict[str, TrigramTable] = {}
+
+
+def parse_spec(spec: str | None) -> dict:
+    """``"table=none,iterations=100,max_nodes=32,c1=16"`` -> keyword arguments of ``Aded``."""
+    out: dict = {}
+    for part in (spec or "").split(","):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        key = "table" if key == "path" else key
+        if not value or (key not in SEARCH_DEFAULTS and key != "table"):
+            raise ValueError(f"aded spec {spec!r}: expected table= (or path=), "
+                             f"{'=, '.join(SEARCH_DEFAULTS)}=")
+        try:
+            out[key] = (value if key == "table" else
+                        int(value) if key in _INT_KEYS else float(value))
+        except ValueError:
+            raise ValueError(f"aded spec {spec!r}: {key} needs a number, got {value!r}") from None
+    return out
+
+
+def load_table(path: str | Path) -> TrigramTable:
+    """A tri-gram file, loaded once per process (memory-mapped, checksum verified)."""
+    key = str(Path(path).resolve())
+    if key not in _LOADED:
+        _LOADED[key] = TrigramTable.load(path)
+    return _LOADED[key]
+
+
+def is_default_target(model) -> bool:
+    """True when ``model`` is the default model (vocabulary size and embedding fingerprint)."""
+    if model.config.vocab_size != DEFAULT_VOCAB_SIZE:
+        return False
+    got = embedding_fingerprint(model)
+    return abs(got - DEFAULT_TARGET_FINGERPRINT) <= FINGERPRINT_REL_TOL * DEFAULT_TARGET_FINGERPRINT
+
+
+def distinct_sibling_mask(parents: list[int], tokens: list[int]) -> list[bool]:
+    """Nodes to keep so that no two siblings share a token: a node is dropped when an earlier
+    sibling has its token or its parent was dropped (parents in topological order)."""
+    keep = [True] * len(parents)
+    seen: set[tuple[int, int]] = set()
+    for i in range(1, len(parents)):
+        p = parents[i]
+        if not keep[p] or (p, tokens[i]) in seen:
+            keep[i] = False
+        else:
+            seen.add((p, tokens[i]))
+    return keep
+
+
+def prune_tree(parents: list[int], tokens: list[int], max_depth: int
+               ) -> list[tuple[int, int]]:
+    """The non-root nodes of a tree as (token, new parent id), siblings made distinct and
+    nodes deeper than ``max_depth`` dropped (the root is new id 0)."""
+    keep = distinct_sibling_mask(parents, tokens)
+    depth = [0] * len(parents)
+    new_id = {0: 0}
+    nodes: list[tuple[int, int]] = []
+    for i in range(1, len(parents)):
+        p = parents[i]
+        depth[i] = depth[p] + 1
+        if keep[i] and depth[i] <= max_depth and p in new_id:
+            new_id[i] = len(nodes) + 1
+            nodes.append((tokens[i], new_id[p]))
+    return nodes
+
+
+@register
+class Aded(Strategy):
+    """ADED tri-gram draft trees; see the module docstring for the options."""
+
+    name = "aded"
+
+    def __init__(self, spec: str | None = None, table: TrigramTable | str | Path | None = None,
+                 **search):
+        opts = parse_spec(spec)
+        for key in search:
+            if key not in SEARCH_DEFAULTS:
+                raise ValueError(f"aded: unknown option {key!r}; expected table, "
+                                 f"{', '.join(SEARCH_DEFAULTS)}")
+        self.search = {**SEARCH_DEFAULTS, **{k: v for k, v in opts.items() if k != "table"},
+                       **{k: v for k, v in search.items() if v is not None}}
+        s = self.search
+        if not 2 <= s["max_nodes"] <= ops.MAX_TREE_NODES:
+            raise ValueError(f"aded max_nodes must be in [2, {ops.MAX_TREE_NODES}], got "
+                             f"{s['max_nodes']}")
+        if s["iterations"] < 1 or s["max_len"] < 2 or s["top_paths"] < 1:
+            raise ValueError(f"aded needs iterations >= 1, max_len >= 2 and top_paths >= 1, "
+                             f"got {s['iterations']}, {s['max_len']}, {s['top_paths']}")
+        if s["c2"] <= 0:
+            raise ValueError(f"aded c2 must be > 0, got {s['c2']}")
+        self.max_tree_nodes = int(s["max_nodes"])
+        table = opts.get("table") if table is None else table
+        self.table_arg: TrigramTable | str = "auto" if table is None else table
+        if isinstance(self.table_arg, Path) or (isinstance(self.table_arg, str)
+                                                and self.table_arg not in _TABLE_WORDS):
+            self.table_arg = load_table(self.table_arg)  # a bad file fails here, early
+        self.table: TrigramTable | None = None
+
+    def resolve_table(self, model) -> TrigramTable | None:
+        """The table this target drafts from (None: prompt and output only)."""
+        arg = self.table_arg
+        if arg == "none":
+            return None
+        if arg in ("auto", "default"):
+            if arg == "auto" and not is_default_target(model):
+                return None
+            if not DEFAULT_TABLE_PATH.is_file():
+                if arg == "auto":
+                    return None
+                raise ValueError(f"aded table=default: no table ships at {DEFAULT_TABLE_PATH}")
+            arg = load_table(DEFAULT_TABLE_PATH)
+        if arg.vocab_size != model.config.vocab_size:
+            raise ValueError(f"aded: the tri-gram table was built for a vocabulary of "
+                             f"{arg.vocab_size} tokens, the model has {model.config.vocab_size}")
+        return arg
+
+    def setup(self, model, batch: int) -> None:
+        self.table = self.resolve_table(model)
+        self.vocab_size = model.config.vocab_size
+        s = self.search
+        self.drafters = [AdedDrafter(self.table, self.vocab_size, iterations=s["iterations"],
+                                     max_len=s["max_len"], top_paths=s["top_paths"],
+                                     max_nodes=s["max_nodes"], c1=s["c1"], c2=s["c2"],
+                                     seed=s["seed"]) for _ in range(batch)]
+        self.started = [False] * batch
+
+    def propose(self, state: StepState) -> DraftTree:
+        act = state.active.nonzero().flatten().tolist()
+        caps = depth_caps(state, act, self.max_tree_nodes - 1)
+        nodes = []
+        for b, cap in zip(act, caps, strict=True):
+            drafter, history = self.drafters[b], state.history[b]
+            if not self.started[b]:
+                drafter.reset(history)
+                self.started[b] = True
+            elif len(history) > len(drafter.context):
+                drafter.observe(history[len(drafter.context):])
+            if cap == 0:
+                nodes.append([])
+                continue
+            parents, tokens = drafter.propose()
+            nodes.append(prune_tree(parents.tolist(), tokens.tolist(), cap))
+        return csr_tree(act, state.roots.numel(), state.roots, nodes)
+
+    def verify(self, state: StepState, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
+        if state.sampling.greedy:
+            return super().verify(state, tree, logits)
+        active = active_trees(state, tree, self.max_tree_nodes - 1)
+        sizes = (active.indptr[1:] - active.indptr[:-1]).tolist()
+        coins = [torch.rand(s + 1, generator=state.generators[b])
+                 for s, b in zip(sizes, active.rows.tolist(), strict=True)]
+        uniforms = torch.cat([c[:-1] for c in coins] + [torch.stack([c[-1] for c in coins])])
+        got = ops.verify_sampling(tree.tokens, target_probs(logits, state.sampling), None,
+                                  active.arrays.first_child, active.arrays.next_sibling,
+                                  active.indptr, ops.VERIFY_TOPK, active.max_depth,
+                                  uniforms=uniforms)
+        return active.scatter(got, state.roots.numel())
+
+
+def tree_has_distinct_siblings(parents: torch.Tensor, tokens: torch.Tensor) -> bool:
+    """True when no two children of one node carry the same token (parents int32 [T],
+    tokens int64 [T] of one tree)."""
+    pairs = np.stack([parents.numpy().astype(np.int64)[1:], tokens.numpy()[1:]])
+    return np.unique(pairs, axis=1).shape[1] == pairs.shape[1]
