@@ -6,6 +6,7 @@
 // block dot product is 32 multiply-adds in two instructions (maddubs: u8 x s8 -> pairs in
 // int16, madd: pairs -> int32), the 8 rows' partial sums are reduced to one int32 vector
 // (exact, so in any order), converted and scaled into the 8 accumulators with one fma.
+// Weight rows are read from DRAM by the first row tile and from L1 / L2 by the others.
 #include "cpu/linear_q8.h"
 
 #include <c10/util/Exception.h>
@@ -24,6 +25,7 @@ namespace adaeagle::cpu {
 namespace {
 
 constexpr int kTileRows = 8;  // output rows per tile: the 8 fp32 lanes
+constexpr int kPrefetchTiles = 2;
 
 ADAEAGLE_AVX2_INLINE float hmax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -37,7 +39,17 @@ ADAEAGLE_AVX2_INLINE int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
 }
 
-// Lane n = the sum of the 8 lanes of p[n].
+// Lane n = the sum of the 16 int16 lanes of v[n], for |v[n] lanes| <= 2 * 15 * 127 (Q4
+// nibbles times int8): every partial sum of up to 8 lanes stays within int16.
+ADAEAGLE_AVX2_INLINE __m256i reduce8_i16(const __m256i* v) {
+  const __m256i t0 = _mm256_hadd_epi16(v[0], v[1]), t1 = _mm256_hadd_epi16(v[2], v[3]);
+  const __m256i t2 = _mm256_hadd_epi16(v[4], v[5]), t3 = _mm256_hadd_epi16(v[6], v[7]);
+  const __m256i u = _mm256_hadd_epi16(_mm256_hadd_epi16(t0, t1), _mm256_hadd_epi16(t2, t3));
+  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
+}
+
+// Lane n = the sum of the 8 int32 lanes of p[n].
 ADAEAGLE_AVX2_INLINE __m256i reduce8(const __m256i* p) {
   const __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
   const __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
@@ -73,7 +85,20 @@ ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
+  // The hardware prefetchers lose track of 8 short interleaved row streams, so the first row
+  // tile walks the weights kPrefetchTiles tiles ahead linearly (prefetches never fault).
+  const bool prefetch = m0 == 0 && a.act.blocks > 0;
+  const uintptr_t pf_begin = reinterpret_cast<uintptr_t>(first) +
+                             kPrefetchTiles * kTileRows * static_cast<uintptr_t>(row_bytes);
+  const uintptr_t pf_step = (kTileRows * static_cast<uintptr_t>(row_bytes) + a.act.blocks - 1) /
+                            (a.act.blocks > 0 ? a.act.blocks : 1);
   for (int64_t b = 0; b < a.act.blocks; ++b) {
+    if (prefetch) {
+      const uintptr_t lo = pf_begin + b * pf_step, hi = lo + pf_step;
+      for (uintptr_t line = lo & ~uintptr_t{63}; line < hi; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
+      }
+    }
     const uint8_t* blk = first + b * kBytes;
     __m256 dw, mw;
     head_f16_pair(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk), offsets, 1), &dw,
@@ -88,15 +113,20 @@ ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
       const int64_t at = (m0 + m) * a.act.blocks + b;
       const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.act.q + at * 32));
       __m256i p[kTileRows];
-      for (int n = 0; n < kTileRows; ++n) {
-        // Q8_0: |w| x (x with w's sign) keeps maddubs' first operand unsigned
-        const __m256i prod =
-            Type == kGgmlQ8_0
-                ? _mm256_maddubs_epi16(_mm256_sign_epi8(w[n], w[n]), _mm256_sign_epi8(x, w[n]))
-                : _mm256_maddubs_epi16(w[n], x);
-        p[n] = _mm256_madd_epi16(prod, ones);
+      __m256i dot;
+      if (Type == kGgmlQ8_0) {
+        // |w| times (x with w's sign) keeps maddubs' first operand unsigned; pairs of int8
+        // products need int32 from the first addition on.
+        for (int n = 0; n < kTileRows; ++n) {
+          p[n] = _mm256_madd_epi16(
+              _mm256_maddubs_epi16(_mm256_sign_epi8(w[n], w[n]), _mm256_sign_epi8(x, w[n])),
+              ones);
+        }
+        dot = reduce8(p);
+      } else {
+        for (int n = 0; n < kTileRows; ++n) p[n] = _mm256_maddubs_epi16(w[n], x);
+        dot = reduce8_i16(p);
       }
-      __m256i dot = reduce8(p);
       if (Type == kGgmlQ4_0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * a.act.sum[at]));
       const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.act.d[at]));
       acc[m] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m]);
@@ -114,7 +144,10 @@ template <int Type>
 ADAEAGLE_AVX2 void rows_of_type(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
   int64_t n0 = n_begin;
   for (; n0 + kTileRows <= n_end; n0 += kTileRows) {
+    // Taller tiles decode each weight block for more input rows.
     int64_t m0 = 0;
+    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16>(a, m0, n0);
+    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8>(a, m0, n0);
     for (; m0 + 4 <= a.out.m; m0 += 4) tile<Type, 4>(a, m0, n0);
     switch (a.out.m - m0) {
       case 3: tile<Type, 3>(a, m0, n0); break;
