@@ -531,7 +531,8 @@ def _fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     err = (p - (s - bb)) + (c - bb)
     even = (s.view(torch.int64) & 1) == 0
     nudge = (err != 0) & even & torch.isfinite(s)
-    s = torch.where(nudge, torch.nextafter(s, s + err), s)
+    toward = torch.where(err > 0, torch.inf, -torch.inf).to(torch.float64)
+    s = torch.where(nudge, torch.nextafter(s, toward), s)
     return s.float()
 
 
