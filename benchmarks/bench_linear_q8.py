@@ -68,7 +68,8 @@ def main() -> None:
         for m in ROWS:
             x = torch.randn(m, k, generator=gen)
             y = torch.empty(m, n)
-            calls = {mode: [lambda p=p, q=q: p.linear(x, out=y, act_quant=q) for p in copies]
+            calls = {mode: [lambda p=p, q=q, x=x, y=y: p.linear(x, out=y, act_quant=q)
+                            for p in copies]
                      for mode, q in (("fp32", 0), ("q8", 8))}
             reps = max(20, args.reps // max(1, (n * k * m) >> 24))
             med = ab_medians(calls, reps)
@@ -96,12 +97,14 @@ def write(rows: list[dict], args) -> None:
     for r in rows:
         by_shape.setdefault(r["shape"], []).append(r)
     lines += ["| shape | type | M | fp32 act (us) | q8 act (us) | speed-up | q8 GB/s | "
-              "q8 time / q8 M=1 | fp32 time / fp32 M=1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "q8 time / q8 M=1 | fp32 time / fp32 M=1 |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for shape_rows in by_shape.values():
         one = shape_rows[0]
         for r in shape_rows:
             lines.append(
-                f"| {r['shape']} | {r['type']} | {r['m']} | {r['fp32_us']:.1f} | {r['q8_us']:.1f} | "
+                f"| {r['shape']} | {r['type']} | {r['m']} | {r['fp32_us']:.1f} | "
+                f"{r['q8_us']:.1f} | "
                 f"{r['fp32_us'] / r['q8_us']:.2f}x | {r['bytes'] / r['q8_us'] / 1e3:.1f} | "
                 f"{r['q8_us'] / one['q8_us']:.2f} | {r['fp32_us'] / one['fp32_us']:.2f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

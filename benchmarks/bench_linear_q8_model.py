@@ -40,9 +40,14 @@ NEW_TOKENS = 64
 
 
 def forward(model, tokens: torch.Tensor, prefix: int, cache) -> torch.Tensor:
-    lens = torch.tensor([prefix], dtype=torch.int32)
-    pos, indptr, mask = chain_inputs(torch.tensor([tokens.numel()]), lens)
-    return model(tokens, pos, indptr, mask, lens, cache)[0]
+    """Logits [T, V] of a chain of new tokens after ``prefix`` cached ones (64 at a time)."""
+    out = []
+    for start in range(0, tokens.numel(), 64):
+        chunk = tokens[start:start + 64]
+        lens = torch.tensor([prefix + start], dtype=torch.int32)
+        pos, indptr, mask = chain_inputs(torch.tensor([chunk.numel()]), lens)
+        out.append(model(chunk, pos, indptr, mask, lens, cache)[0])
+    return torch.cat(out)
 
 
 def step_times(model, reps: int) -> dict[str, float]:
