@@ -622,6 +622,7 @@ def linear(
     *,
     out: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    act_quant: int = 0,
 ) -> torch.Tensor:
     """``y = x @ W.T + bias`` with W kept in its packed GGUF blocks, batch-invariant.
 
@@ -641,6 +642,13 @@ def linear(
         out: optional [..., N] output (float32 or x's dtype) written in place (the hot path).
         out_dtype: dtype of the allocated output when ``out`` is None: x's dtype by default,
             or torch.float32 (the fp32 sum, unrounded).
+        act_quant: 0 (float activations, the exact dequantised weights) or 8: on CPU, for
+            Q4_0 / Q4_1 / Q8_0 weights, each row of x is quantised per block of 32 values to
+            int8 with an fp32 scale (llama.cpp's q8_1 scheme) and every block is an exact
+            integer dot product, scaled and accumulated in fp32 in one fixed order
+            (``csrc/cpu/linear_q8.h``, ``ref.linear_q8``). Faster, approximate (about 1e-2
+            relative to the float result), still batch-invariant and identical on every ISA.
+            Ignored for F32 / F16 / BF16 weights, and on CUDA (float activations always).
 
     Returns:
         y [..., N]: the fp32 sum, rounded once to the output dtype.
@@ -658,7 +666,7 @@ def linear(
     elif out.shape != (*x.shape[:-1], n):
         raise ValueError(f"linear: out must have shape {(*x.shape[:-1], n)}, got "
                          f"{tuple(out.shape)}")
-    _op("linear")(x2, weight, ggml_type, bias, out.view(x2.shape[0], n))
+    _op("linear")(x2, weight, ggml_type, bias, out.view(x2.shape[0], n), act_quant)
     return out
 
 

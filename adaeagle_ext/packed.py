@@ -7,6 +7,7 @@ quantised from float weights) and calls ``pw.linear(x)``; an embedding table sta
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +24,14 @@ class PackedWeight:
         data: uint8 [N, row_bytes]: row n holds weights W[n, 0:K] in ``ggml_type`` blocks.
         ggml_type: F32 (0), F16 (1), Q4_0 (2), Q4_1 (3), Q8_0 (8) or BF16 (30).
         shape: (N, K), the logical float shape.
+        act_quant: the default activation mode of ``linear``: 0 (float) or 8 (8-bit blocks;
+            see ``ops.linear``).
     """
 
     data: torch.Tensor
     ggml_type: int
     shape: tuple[int, int]
+    act_quant: int = 0
 
     def __post_init__(self) -> None:
         n, k = self.shape
@@ -89,12 +93,23 @@ class PackedWeight:
         *,
         out: torch.Tensor | None = None,
         out_dtype: torch.dtype | None = None,
+        act_quant: int | None = None,
     ) -> torch.Tensor:
-        """``x @ W.T + bias`` through ``ops.linear``: x [..., K] -> [..., N]."""
-        return ops.linear(x, self.data, self.ggml_type, bias, out=out, out_dtype=out_dtype)
+        """``x @ W.T + bias`` through ``ops.linear``: x [..., K] -> [..., N]; ``act_quant``
+        defaults to the weight's own (see ``with_act_quant``)."""
+        quant = self.act_quant if act_quant is None else act_quant
+        return ops.linear(x, self.data, self.ggml_type, bias, out=out, out_dtype=out_dtype,
+                          act_quant=quant)
+
+    def with_act_quant(self, act_quant: int) -> PackedWeight:
+        """The same packed data (not copied) whose ``linear`` runs with ``act_quant`` (0 or 8)
+        by default."""
+        if act_quant not in (0, 8):
+            raise ValueError(f"act_quant must be 0 or 8, got {act_quant}")
+        return dataclasses.replace(self, act_quant=act_quant)
 
     def to(self, device: torch.device | str) -> PackedWeight:
-        return PackedWeight(self.data.to(device), self.ggml_type, self.shape)
+        return PackedWeight(self.data.to(device), self.ggml_type, self.shape, self.act_quant)
 
     @property
     def nbytes(self) -> int:

@@ -490,6 +490,93 @@ def linear(
     y = x.float() @ dequantize(weight, ggml_type).T
     return y if bias is None else y + bias.float()
 
+
+def quantize_act_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row of x quantised per block of 32 values, as ``ops.linear(act_quant=8)`` does
+    (llama.cpp's q8_1 reference, with the scale kept in fp32 and half-to-even rounding).
+
+    Per block: ``d = amax / 127``, ``q = round(x * (1 / d))`` (0 when ``amax == 0``),
+    ``s = d * sum(q)``; a block holding a NaN or an infinity gets ``d = s = NaN``, ``q = 0``.
+
+    Args:
+        x: [M, K] float32 or bfloat16, K a multiple of 32.
+
+    Returns:
+        q int8 [M, K / 32, 32], d float32 [M, K / 32], s float32 [M, K / 32].
+    """
+    m, k = x.shape
+    xb = x.float().reshape(m, k // 32, 32)
+    finite = torch.isfinite(xb).all(dim=-1)
+    amax = xb.abs().nan_to_num(0.0, 0.0, 0.0).amax(dim=-1)
+    d = amax / 127.0
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, 1.0), 0.0)
+    q = torch.round(xb.nan_to_num(0.0, 0.0, 0.0) * inv[..., None])
+    q = torch.where(finite[..., None], q, 0.0).to(torch.int8)
+    nan = torch.tensor(float("nan"))
+    d = torch.where(finite, d, nan)
+    s = torch.where(finite, d * q.sum(dim=-1, dtype=torch.int32).float(), nan)
+    return q, d, s
+
+
+def _fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """fp32 fused multiply-add ``a * b + c`` rounded once (a, b, c float32).
+
+    a * b is exact in float64; the float64 sum is made round-to-odd (TwoSum's error term nudges
+    an inexact even result one ulp towards the exact value), and rounding that to fp32 is the
+    correctly rounded fp32 result (Boldo and Melquiond, 53 >= 24 + 2).
+    """
+    p, c = a.double() * b.double(), c.double()
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    even = (s.view(torch.int64) & 1) == 0
+    nudge = (err != 0) & even & torch.isfinite(s)
+    toward = torch.where(err > 0, torch.inf, -torch.inf).to(torch.float64)
+    s = torch.where(nudge, torch.nextafter(s, toward), s)
+    return s.float()
+
+
+def linear_q8(
+    x: torch.Tensor, weight: torch.Tensor, ggml_type: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reference of ``ops.linear(..., act_quant=8)`` (see ``csrc/cpu/linear_q8.h``).
+
+    x is quantised per row and block (``quantize_act_q8``); each block's dot product with the
+    integer weights is exact; block b adds, in increasing b, from acc = 0 (fp32, fused):
+    Q8_0 ``fma(dw * d, sum w q)``, Q4_0 ``fma(dw * d, sum (u - 8) q)``,
+    Q4_1 ``fma(mw, s, fma(dw * d, sum u q))``; then ``+ bias``.
+
+    Args:
+        x: [M, K] float32 or bfloat16.
+        weight: uint8 [N, row_bytes], packed rows of Q4_0, Q4_1 or Q8_0.
+        bias: optional float32 [N].
+
+    Returns:
+        float32 [M, N].
+    """
+    if ggml_type not in (GGML_Q4_0, GGML_Q4_1, GGML_Q8_0):
+        raise ValueError(f"act_quant needs Q4_0, Q4_1 or Q8_0 weights, got type {ggml_type}")
+    nbytes = GGML_BLOCKS[ggml_type][1]
+    n = weight.shape[0]
+    blocks = weight.contiguous().view(n, -1, nbytes)
+    dw = _fp16_field(blocks, 0)[..., 0]  # [N, B]
+    if ggml_type == GGML_Q8_0:
+        wq = blocks[..., 2:].contiguous().view(torch.int8).to(torch.int64)
+    elif ggml_type == GGML_Q4_0:
+        wq = _nibbles(blocks[..., 2:]).to(torch.int64) - 8
+    else:
+        wq = _nibbles(blocks[..., 4:]).to(torch.int64)
+    q, d, s = quantize_act_q8(x)
+    dots = torch.einsum("mbj,nbj->mnb", q.to(torch.int64), wq).float()  # exact: |dot| < 2^24
+    acc = torch.zeros(x.shape[0], n)
+    for b in range(q.shape[1]):
+        scale = dw[None, :, b] * d[:, None, b]
+        acc = _fma_f32(scale, dots[..., b], acc)
+        if ggml_type == GGML_Q4_1:
+            acc = _fma_f32(_fp16_field(blocks, 2)[None, :, b, 0], s[:, None, b], acc)
+    return acc if bias is None else acc + bias.float()
+
+
 # aded_draft
 
 

@@ -87,9 +87,11 @@ TORCH_LIBRARY(adaeagle, m) {
       "Tensor b_blocks, Tensor w_out, Tensor b_out, int k_max, float eps, "
       "Tensor(a!) lengths, Tensor(b!)? raw, Tensor(c!)? max_len) -> ()");
 
-  // Small-M matmul on packed GGUF weights, batch-invariant, fp32 accumulation.
+  // Small-M matmul on packed GGUF weights, batch-invariant, fp32 accumulation; act_quant=8
+  // quantises each row of x to 8 bits per 32-block for integer dot products (CPU, Q types).
   m.def(
-      "linear(Tensor x, Tensor weight, int ggml_type, Tensor? bias, Tensor(a!) out) -> ()");
+      "linear(Tensor x, Tensor weight, int ggml_type, Tensor? bias, Tensor(a!) out, "
+      "int act_quant=0) -> ()");
 
   // ADED draft tree (CPU only): MCTS over a tri-gram table plus a per-generation overlay from the
   // last two context tokens; writes a padded parents/tokens tree and its node count.
@@ -758,8 +760,11 @@ const char* any_ggml_type_name(int64_t type) {
 }
 
 void check_linear(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
-                  const std::optional<at::Tensor>& bias, const at::Tensor& out) {
+                  const std::optional<at::Tensor>& bias, const at::Tensor& out,
+                  int64_t act_quant) {
   constexpr const char* op = "linear";
+  TORCH_CHECK(act_quant == 0 || act_quant == 8, op, ": act_quant must be 0 (float activations) ",
+              "or 8 (8-bit activation blocks), got ", act_quant);
   const auto dev = x.device();
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
               ": x must be float32 or bfloat16, got ", x.scalar_type());
@@ -790,18 +795,22 @@ void check_linear(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_ty
 }
 
 void linear_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
-                const std::optional<at::Tensor>& bias, const at::Tensor& out) {
-  check_linear(x, weight, ggml_type, bias, out);
+                const std::optional<at::Tensor>& bias, const at::Tensor& out,
+                int64_t act_quant) {
+  check_linear(x, weight, ggml_type, bias, out, act_quant);
   cpu::linear(x.data_ptr(), x.scalar_type() == at::kBFloat16, weight.data_ptr<uint8_t>(),
               weight.size(1), static_cast<int>(ggml_type),
               bias.has_value() ? bias->data_ptr<float>() : nullptr, out.data_ptr(),
-              out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1));
+              out.scalar_type() == at::kBFloat16, x.size(0), weight.size(0), x.size(1),
+              act_quant == 8);
 }
 
 #ifdef ADAEAGLE_WITH_CUDA
+// act_quant is checked but ignored: CUDA always runs float activations.
 void linear_cuda(const at::Tensor& x, const at::Tensor& weight, int64_t ggml_type,
-                 const std::optional<at::Tensor>& bias, const at::Tensor& out) {
-  check_linear(x, weight, ggml_type, bias, out);
+                 const std::optional<at::Tensor>& bias, const at::Tensor& out,
+                 int64_t act_quant) {
+  check_linear(x, weight, ggml_type, bias, out, act_quant);
   const c10::cuda::CUDAGuard guard(x.device());
   ADAEAGLE_CUDA_CHECK(launch_linear(
       x.data_ptr(), x.scalar_type() == at::kBFloat16, weight.data_ptr<uint8_t>(),

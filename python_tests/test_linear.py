@@ -13,6 +13,8 @@ from adaeagle_ext.packed import PackedWeight
 
 TYPES = [ops.GGML_F32, ops.GGML_F16, ops.GGML_BF16, ops.GGML_Q4_0, ops.GGML_Q4_1, ops.GGML_Q8_0]
 TYPE_IDS = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"]
+Q_TYPES = [ops.GGML_Q4_0, ops.GGML_Q4_1, ops.GGML_Q8_0]
+Q_IDS = ["Q4_0", "Q4_1", "Q8_0"]
 F16_HALF, F16_QUARTER, F16_TWO, F16_MINUS_ONE = 0x3800, 0x3400, 0x4000, 0xBC00
 
 
@@ -45,8 +47,8 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int16)
 
 
-def run(x, weight, ggml_type, bias=None, out_dtype=None):
-    return ops.linear(x, weight, ggml_type, bias, out_dtype=out_dtype)
+def run(x, weight, ggml_type, bias=None, out_dtype=None, act_quant=0):
+    return ops.linear(x, weight, ggml_type, bias, out_dtype=out_dtype, act_quant=act_quant)
 
 
 # ---- golden: hand-packed blocks with literal results
@@ -146,52 +148,64 @@ def test_dequantize_matches_gguf():
 # ---- batch invariance: a row's bits never depend on the other rows, threads or ISA
 
 
-def _row_by_row(x, w, ggml_type):
-    return torch.cat([run(x[i:i + 1].clone(), w, ggml_type) for i in range(x.shape[0])])
+def _cases_with_act_quant():
+    cases = [pytest.param(t, 0, id=f"{name}") for t, name in zip(TYPES, TYPE_IDS, strict=True)]
+    return cases + [pytest.param(t, 8, id=f"{name}-q8") for t, name in zip(TYPES, TYPE_IDS,
+                                                                           strict=True)
+                    if t in Q_TYPES]
 
 
-@pytest.mark.parametrize("ggml_type", TYPES, ids=TYPE_IDS)
+@pytest.mark.parametrize(("ggml_type", "act_quant"), _cases_with_act_quant())
 @pytest.mark.parametrize("isa", ["auto", "scalar"])
-def test_batch_invariance(ggml_type, isa, monkeypatch):
+def test_batch_invariance(ggml_type, act_quant, isa, monkeypatch):
     monkeypatch.setenv("ADAEAGLE_LINEAR_ISA", isa)
     gen = torch.Generator().manual_seed(11 + ggml_type)
     k, n = (576, 300) if isa == "auto" else (96, 37)
     w = packed(gen, n, k, ggml_type)
     x = torch.randn(64, k, generator=gen)
+
+    def call(rows):
+        return run(rows, w, ggml_type, act_quant=act_quant)
+
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        batch = run(x, w, ggml_type)
+        batch = call(x)
         torch.set_num_threads(1)
-        batch_one_thread = run(x, w, ggml_type)
+        batch_one_thread = call(x)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(bits(batch), bits(batch_one_thread))
-    assert torch.equal(bits(batch), bits(_row_by_row(x, w, ggml_type)))
+    alone = torch.cat([call(x[i:i + 1].clone()) for i in range(x.shape[0])])
+    assert torch.equal(bits(batch), bits(alone))
     # every sub-batch size, so that every tile shape and remainder is exercised
     start = 0
     for size in (1, 2, 3, 4, 5, 6, 7, 9, 27):
-        part = run(x[start:start + size], w, ggml_type)
+        part = call(x[start:start + size])
         assert torch.equal(bits(part), bits(batch[start:start + size])), size
         start += size
     xb = x.bfloat16()
-    assert torch.equal(bits(run(xb, w, ggml_type)), bits(_row_by_row(xb, w, ggml_type)))
+    alone_b = torch.cat([call(xb[i:i + 1].clone()) for i in range(xb.shape[0])])
+    assert torch.equal(bits(call(xb)), bits(alone_b))
 
 
 @pytest.mark.skipif(not has_avx2(), reason="needs AVX2/FMA/F16C")
-@pytest.mark.parametrize("ggml_type", TYPES, ids=TYPE_IDS)
-def test_scalar_and_avx2_agree_bitwise(ggml_type, monkeypatch):
-    # Both ISAs implement the one order of csrc/cpu/linear.h, so they agree to the bit.
+@pytest.mark.parametrize(("ggml_type", "act_quant"), _cases_with_act_quant())
+def test_scalar_and_avx2_agree_bitwise(ggml_type, act_quant, monkeypatch):
+    # Both ISAs implement the one order of csrc/cpu/linear.h (linear_q8.h), so they agree to
+    # the bit.
     gen = torch.Generator().manual_seed(5)
     for k in (32, 40, 200) if ggml_type in (ops.GGML_F32, ops.GGML_F16, ops.GGML_BF16) else (
             32, 192):
         w = packed(gen, 19, k, ggml_type)
         x = torch.randn(6, k, generator=gen)
+        x[1, :32] = 0.0  # a zero block: d = 0
+        x[2, 3] = 1e-30  # a tiny value next to normal ones
         bias = torch.randn(19, generator=gen)
         monkeypatch.setenv("ADAEAGLE_LINEAR_ISA", "avx2")
-        fast = run(x, w, ggml_type, bias)
+        fast = run(x, w, ggml_type, bias, act_quant=act_quant)
         monkeypatch.setenv("ADAEAGLE_LINEAR_ISA", "scalar")
-        slow = run(x, w, ggml_type, bias)
+        slow = run(x, w, ggml_type, bias, act_quant=act_quant)
         assert torch.equal(bits(fast), bits(slow)), k
 
 
@@ -257,6 +271,8 @@ def test_opcheck():
     for bias in (None, torch.randn(9, generator=gen)):
         torch.library.opcheck(torch.ops.adaeagle.linear,
                               (x, w, ops.GGML_Q4_1, bias, torch.empty(3, 9)))
+        torch.library.opcheck(torch.ops.adaeagle.linear,
+                              (x, w, ops.GGML_Q4_1, bias, torch.empty(3, 9), 8))
 
 
 # ---- bad input
@@ -283,6 +299,8 @@ def test_bad_arguments_raise():
         ((x[:, ::2], w[:, :34].contiguous(), 8, None, torch.empty(2, 4)),
          "x must be contiguous"),
         ((x[0], w, 8, None, torch.empty(2, 4)), "x must have 2 dimension"),
+        ((x, w, 8, None, torch.empty(2, 4), 4), "act_quant must be 0 \\(float activations\\) "
+         "or 8 \\(8-bit activation blocks\\), got 4"),
     ]
     for args, message in cases:
         with pytest.raises(RuntimeError, match=message):
@@ -294,3 +312,161 @@ def test_bad_isa_setting_raises(monkeypatch):
     monkeypatch.setenv("ADAEAGLE_LINEAR_ISA", "sse9")
     with pytest.raises(RuntimeError, match="ADAEAGLE_LINEAR_ISA must be auto, avx2 or scalar"):
         run(torch.ones(1, 32), w, ops.GGML_Q8_0)
+
+
+# ---- 8-bit activation blocks (act_quant=8)
+
+# One block of x whose quantisation is hand-checkable: amax = 127 so d = 1 and q = rne(x):
+# 2.5 -> 2, 1.5 -> 2, 0.5 -> 0, -0.5 -> -0, -1.5 -> -2; sum(q) = 129.
+X_Q8 = [127.0, 2.5, 1.5, 0.5, -0.5, -1.5] + [0.0] * 26
+
+
+def test_golden_act_q8_quantisation():
+    q, d, s = ref.quantize_act_q8(torch.tensor([X_Q8, [2 * v for v in X_Q8]]))
+    assert q[0, 0, :6].tolist() == [127, 2, 2, 0, 0, -2] and q[0, 0, 6:].abs().sum() == 0
+    assert torch.equal(q[0], q[1])
+    assert d.tolist() == [[1.0], [2.0]] and s.tolist() == [[129.0], [258.0]]
+
+
+def test_golden_act_q8():
+    x = torch.tensor([X_Q8, [2 * v for v in X_Q8], [0.0] * 32])
+    # Q8_0, d = 0.5, w_j = j - 16: sum w q = -16*127 - 15*2 - 14*2 + 11*2 = -2068
+    q8 = u8([fp16_bytes(F16_HALF) + [(i - 16) & 0xFF for i in range(32)]])
+    # Q4_1, d = 0.25, m = -1, u_j = j, u_{16+j} = 15 - j: sum u q = 2 + 4 - 10 = -4, so
+    # fma(-1, s, fma(0.25 d, -4, 0)) = -d - 129 d
+    q41 = u8([fp16_bytes(F16_QUARTER) + fp16_bytes(F16_MINUS_ONE) +
+              [j | ((15 - j) << 4) for j in range(16)]])
+    # Q4_0, d = 2, low nibbles 15 (w = 14), high ones 8 (w = 0): sum (u - 8) q = 7 * 129
+    q40 = u8([fp16_bytes(F16_TWO) + [0x8F] * 16])
+    cases = [(q8, ops.GGML_Q8_0, [-1034.0, -2068.0, 0.0]),
+             (q41, ops.GGML_Q4_1, [-130.0, -260.0, 0.0]),
+             (q40, ops.GGML_Q4_0, [1806.0, 3612.0, 0.0])]
+    for w, ggml_type, expected in cases:
+        assert run(x, w, ggml_type, act_quant=8)[:, 0].tolist() == expected, ggml_type
+        assert ref.linear_q8(x, w, ggml_type)[:, 0].tolist() == expected, ggml_type
+    # the float path keeps the unrounded activations: 0.5 * (-2032 - 37.5 - 21 - 6.5 + 6 + 16.5)
+    assert run(x[:1], q8, ops.GGML_Q8_0).item() == -1037.25
+
+
+def test_act_quant_ignored_on_cuda(device):
+    if device == "cpu":
+        pytest.skip("CUDA only: act_quant is a CPU mode")
+    gen = torch.Generator().manual_seed(12)
+    w = packed(gen, 9, 64, ops.GGML_Q4_1).to(device)
+    x = torch.randn(3, 64, generator=gen).to(device)
+    assert torch.equal(run(x, w, ops.GGML_Q4_1, act_quant=8), run(x, w, ops.GGML_Q4_1))
+
+
+def test_fma_reference_rounds_once():
+    # a * b = 1 + 2^-11 + 2^-24 (exactly half an fp32 ulp above 1 + 2^-11): with c = 2^-70
+    # the exact sum is above the tie, so a single rounding goes up, a double one to even.
+    a = torch.tensor([1 + 2.0 ** -12])
+    c = torch.tensor([2.0 ** -70])
+    assert ref._fma_f32(a, a, c).item() == 1 + 2.0 ** -11 + 2.0 ** -23
+    assert ref._fma_f32(a, a, -c).item() == 1 + 2.0 ** -11
+    assert (a.double() * a.double() + c.double()).float().item() == 1 + 2.0 ** -11
+
+
+@pytest.mark.parametrize("ggml_type", Q_TYPES, ids=Q_IDS)
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16], ids=["x32", "xbf16"])
+def test_act_q8_matches_reference_bitwise(ggml_type, x_dtype):
+    gen = torch.Generator().manual_seed(40 + ggml_type)
+    for k in (32, 64, 576):
+        for n in (1, 7, 64, 300):
+            w = packed(gen, n, k, ggml_type)
+            x = (torch.randn(64, k, generator=gen) * torch.rand(64, 1, generator=gen) * 3)
+            x = x.to(x_dtype)
+            bias = torch.randn(n, generator=gen) if n % 2 else None
+            expected = ref.linear_q8(x, w, ggml_type, bias)
+            for m in (1, 2, 3, 4, 5, 8, 16, 64):
+                got = run(x[64 - m:], w, ggml_type, bias, torch.float32, act_quant=8)
+                assert torch.equal(bits(got), bits(expected[64 - m:])), (k, n, m)
+            if x_dtype == torch.bfloat16:
+                y16 = run(x, w, ggml_type, bias, act_quant=8)
+                assert torch.equal(bits(y16), bits(expected.bfloat16())), (k, n)
+
+
+@pytest.mark.parametrize("ggml_type", Q_TYPES, ids=Q_IDS)
+def test_act_q8_error_within_quantisation_bound(ggml_type):
+    # Each activation moves by at most d / 2 = amax / 254 of its block, so the q8 result is
+    # within sum_b amax_b / 254 * sum_j |w_j| (plus fp32 rounding) of the float one.
+    gen = torch.Generator().manual_seed(7)
+    k, n = 576, 96
+    w = packed(gen, n, k, ggml_type)
+    x = torch.randn(16, k, generator=gen)
+    x[:, ::50] *= 20  # outliers make coarse blocks
+    dense = ref.dequantize(w, ggml_type).abs().reshape(n, k // 32, 32).sum(-1)  # [N, B]
+    amax = x.abs().reshape(16, k // 32, 32).amax(-1)  # [M, B]
+    bound = amax @ dense.T / 254 + 1e-4 * (x.abs() @ ref.dequantize(w, ggml_type).abs().T)
+    err = (run(x, w, ggml_type, act_quant=8) - ref.linear(x, w, ggml_type)).abs()
+    assert (err <= bound).all()
+    assert err.max() > 0  # the mode is really on
+    assert (err / bound).max() > 0.05  # and the bound is not vacuous
+
+
+def test_act_q8_non_finite_row_is_nan_and_alone():
+    gen = torch.Generator().manual_seed(8)
+    w = packed(gen, 12, 64, ops.GGML_Q4_1)
+    x = torch.randn(4, 64, generator=gen)
+    x[1, 40] = float("inf")
+    x[2, 0] = float("nan")
+    y = run(x, w, ops.GGML_Q4_1, act_quant=8)
+    assert y[1:3].isnan().all()
+    assert torch.equal(bits(y[[0, 3]]), bits(run(x[[0, 3]], w, ops.GGML_Q4_1, act_quant=8)))
+    assert torch.equal(y.isnan(), ref.linear_q8(x, w, ops.GGML_Q4_1).isnan())
+
+
+def test_act_q8_ignored_for_plain_types():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 64, generator=gen)
+    for ggml_type in (ops.GGML_F32, ops.GGML_F16, ops.GGML_BF16):
+        w = packed(gen, 5, 64, ggml_type)
+        assert torch.equal(run(x, w, ggml_type, act_quant=8), run(x, w, ggml_type))
+    with pytest.raises(ValueError, match="needs Q4_0, Q4_1 or Q8_0"):
+        ref.linear_q8(x, w, ops.GGML_BF16)
+
+
+def test_packed_weight_act_quant_default():
+    gen = torch.Generator().manual_seed(10)
+    pw = PackedWeight.from_float(torch.randn(8, 64, generator=gen), ops.GGML_Q4_1)
+    q8 = pw.with_act_quant(8)
+    assert q8.data is pw.data and pw.act_quant == 0 and q8.to("cpu").act_quant == 8
+    x = torch.randn(2, 64, generator=gen)
+    assert torch.equal(q8.linear(x), run(x, pw.data, pw.ggml_type, act_quant=8))
+    assert torch.equal(q8.linear(x, act_quant=0), pw.linear(x))
+    assert not torch.equal(q8.linear(x), pw.linear(x))
+    with pytest.raises(ValueError, match="act_quant must be 0 or 8"):
+        pw.with_act_quant(4)
+
+
+def test_model_switch_keeps_verify_equal_to_steps():
+    from model_fixtures import random_weights, tiny_config
+
+    from adaeagle_ext.models.llama import build_model
+    from adaeagle_ext.models.packed_layers import set_act_quant
+    from adaeagle_ext.models.tree_inputs import chain_inputs
+
+    config = tiny_config(hidden_size=128, num_heads=2, num_kv_heads=1, intermediate_size=192,
+                         vocab_size=96, tie_word_embeddings=True, num_layers=2)
+    weights = random_weights(config, 3)
+    packs = {k: PackedWeight.from_float(w, ops.GGML_Q4_1) for k, w in weights.items()
+             if w.dim() == 2}
+    model = build_model(config, {k: w for k, w in weights.items() if k not in packs},
+                        torch.float32, packs)
+    tokens = torch.randint(0, 96, (12,), generator=torch.Generator().manual_seed(4))
+
+    def forward(chunk, prefix, cache):
+        lens = torch.tensor([prefix], dtype=torch.int32)
+        pos, indptr, mask = chain_inputs(torch.tensor([chunk.numel()]), lens)
+        return model(chunk, pos, indptr, mask, lens, cache)[0]
+
+    float_logits = forward(tokens, 0, model.new_cache(1, 16))
+    assert set_act_quant(model, 8) == 2 * 7 + 1  # 7 linears a layer, the tied head
+    together = forward(tokens, 0, model.new_cache(1, 16))
+    steps = model.new_cache(1, 16)
+    for i in range(tokens.numel()):
+        assert torch.equal(forward(tokens[i:i + 1], i, steps)[0], together[i]), i
+    assert not torch.equal(together, float_logits)
+    assert (together - float_logits).abs().max() < 0.1 * float_logits.abs().max()
+    set_act_quant(model, 0)
+    assert torch.equal(forward(tokens, 0, model.new_cache(1, 16)), float_logits)

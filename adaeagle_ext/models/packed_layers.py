@@ -4,6 +4,10 @@ On CPU a decode step is bound by reading weights, so keeping the file's own 4.5-
 8.5-bit (Q8_0) blocks and dequantising in registers is both the fast path and the exact numbers
 of the original model. ``ops.linear`` reduces every output in one fixed order, so a row's result
 does not depend on the other rows in the call (batch invariance).
+
+``set_act_quant(model, 8)`` switches every packed layer (the LM head included) to 8-bit
+activation blocks with integer dot products (``ops.linear(act_quant=8)``): faster on CPU,
+still batch-invariant, but no longer the float numbers of the original model. Off by default.
 """
 
 from __future__ import annotations
@@ -57,3 +61,15 @@ def packable(ggml_type: int, shape: tuple[int, ...]) -> bool:
     if len(shape) != 2 or int(ggml_type) not in ops.GGML_BLOCKS:
         return False
     return shape[1] % ops.GGML_BLOCKS[int(ggml_type)][0] == 0
+
+
+def set_act_quant(model: nn.Module, act_quant: int) -> int:
+    """Run every packed linear layer and packed LM head of ``model`` with ``act_quant`` (0:
+    float activations, 8: 8-bit activation blocks; see ``ops.linear``). The packed data is
+    shared, not copied. Returns the number of layers switched."""
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, (PackedLinear, PackedEmbedding)):
+            module.weight_packed = module.weight_packed.with_act_quant(act_quant)
+            switched += 1
+    return switched

@@ -1,5 +1,6 @@
 """linear on packed GGUF weights vs F.linear (torch.matmul) on the dequantised weights in bf16
-and fp32, over the default model's shapes (SmolLM2-135M) and decode/verify batch sizes."""
+and fp32, over the default model's shapes (SmolLM2-135M) and decode/verify batch sizes; for
+Q4_1 / Q8_0 also the 8-bit activation mode (act_quant=8) against the float-activation one."""
 
 from __future__ import annotations
 
@@ -40,4 +41,11 @@ def cases(device: str) -> list[Case]:
                                 "F.linear bf16"))
                 out.append(Case("linear", shape, ours, lambda x=x, w=w32: F.linear(x, w),
                                 "F.linear fp32"))
+                if pw.ggml_type in (ops.GGML_Q4_1, ops.GGML_Q8_0):
+                    # the 8-bit activation mode against the float-activation one
+                    def q8(x=x, pw=pw, y=y):
+                        pw.linear(x, out=y, act_quant=8)
+
+                    out.append(Case("linear", f"{shape} act_quant=8", q8, ours,
+                                    "linear act_quant=0"))
     return out

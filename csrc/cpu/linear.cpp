@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "adaeagle/gguf_blocks.h"
+#include "cpu/linear_q8.h"
 
 namespace adaeagle::cpu {
 namespace {
@@ -62,7 +63,8 @@ void linear_rows_scalar(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
 }
 
 void linear(const void* x, bool x_bf16, const uint8_t* w, int64_t row_bytes, int type,
-            const float* bias, void* y, bool y_bf16, int64_t m, int64_t n, int64_t k) {
+            const float* bias, void* y, bool y_bf16, int64_t m, int64_t n, int64_t k,
+            bool act_q8) {
   const LinearIsa isa = pick_isa();
   if (m == 0 || n == 0) return;
   // bf16 -> fp32 is exact, so converting x up front changes no result.
@@ -75,6 +77,10 @@ void linear(const void* x, bool x_bf16, const uint8_t* w, int64_t row_bytes, int
     xf = x_f32.data();
   }
   const LinearArgs args{xf, w, row_bytes, type, bias, y, y_bf16, m, n, k};
+  if (act_q8 && (type == kGgmlQ4_0 || type == kGgmlQ4_1 || type == kGgmlQ8_0)) {
+    linear_q8(xf, isa, args);
+    return;
+  }
   auto rows = isa == LinearIsa::kAvx2 ? &linear_rows_avx2 : &linear_rows_scalar;
   // Threads split the output rows only, never K: each element is computed by one thread in
   // the fixed order, so the split cannot change a bit. A chunk holds at least ~1M

@@ -29,8 +29,11 @@ struct LinearArgs {
 //
 // x: fp32 [M, K] (x_bf16 = false) or bf16 bits; ISA from ADAEAGLE_LINEAR_ISA (auto | avx2 |
 // scalar, read at every call); raises a c10::Error when the requested ISA is unavailable.
+// act_q8: for Q4_0 / Q4_1 / Q8_0 weights, run the 8-bit-activation mode of linear_q8.h instead
+// (ignored for F32 / F16 / BF16 weights).
 void linear(const void* x, bool x_bf16, const uint8_t* w, int64_t row_bytes, int type,
-            const float* bias, void* y, bool y_bf16, int64_t m, int64_t n, int64_t k);
+            const float* bias, void* y, bool y_bf16, int64_t m, int64_t n, int64_t k,
+            bool act_q8 = false);
 
 // Output rows [n_begin, n_end) for all M rows; the AVX2 variant lives in linear_avx2.cpp.
 void linear_rows_scalar(const LinearArgs& a, int64_t n_begin, int64_t n_end);

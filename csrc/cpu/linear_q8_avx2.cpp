@@ -1,0 +1,230 @@
+// linear with 8-bit activations on AVX2 (linear_q8.h), compiled per function (target
+// attribute) like linear_avx2.cpp.
+//
+// A tile is 8 output rows (one fp32 accumulator lane each) x MT input rows. Per weight block,
+// the 8 rows' blocks are decoded once to 32 unsigned bytes each; for every input row each
+// block dot product is 32 multiply-adds in two instructions (maddubs: u8 x s8 -> pairs in
+// int16, madd: pairs -> int32), the 8 rows' partial sums are reduced to one int32 vector
+// (exact, so in any order), converted and scaled into the 8 accumulators with one fma.
+// Weight rows are read from DRAM by the first row tile and from L1 / L2 by the others.
+#include "cpu/linear_q8.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <limits>
+
+#include "adaeagle/gguf_blocks.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ADAEAGLE_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define ADAEAGLE_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+namespace adaeagle::cpu {
+namespace {
+
+constexpr int kTileRows = 8;  // output rows per tile: the 8 fp32 lanes
+constexpr int kPrefetchTiles = 2;
+
+ADAEAGLE_AVX2_INLINE float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+
+ADAEAGLE_AVX2_INLINE int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+  return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
+}
+
+// Lane n = the sum of the 16 int16 lanes of v[n], for |v[n] lanes| <= 2 * 15 * 127 (Q4
+// nibbles times int8): every partial sum of up to 8 lanes stays within int16.
+ADAEAGLE_AVX2_INLINE __m256i reduce8_i16(const __m256i* v) {
+  const __m256i t0 = _mm256_hadd_epi16(v[0], v[1]), t1 = _mm256_hadd_epi16(v[2], v[3]);
+  const __m256i t2 = _mm256_hadd_epi16(v[4], v[5]), t3 = _mm256_hadd_epi16(v[6], v[7]);
+  const __m256i u = _mm256_hadd_epi16(_mm256_hadd_epi16(t0, t1), _mm256_hadd_epi16(t2, t3));
+  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)),
+                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
+}
+
+// Lane n = the sum of the 8 int32 lanes of p[n].
+ADAEAGLE_AVX2_INLINE __m256i reduce8(const __m256i* p) {
+  const __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
+  const __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
+  const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                          _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+
+// 16 bytes of Q4 nibbles -> 32 bytes: weight j in byte j (low nibbles, then high ones).
+ADAEAGLE_AVX2_INLINE __m256i q4_bytes(const uint8_t* qs) {
+  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+}
+
+// The fp16 words at byte 0 (lo) and 2 (hi) of 8 gathered 32-bit block heads, as fp32.
+ADAEAGLE_AVX2_INLINE void head_f16_pair(__m256i g, __m256* lo, __m256* hi) {
+  const __m256i words = _mm256_packus_epi32(_mm256_and_si256(g, _mm256_set1_epi32(0xffff)),
+                                            _mm256_srli_epi32(g, 16));
+  const __m256i ordered = _mm256_permute4x64_epi64(words, 0xd8);
+  *lo = _mm256_cvtph_ps(_mm256_castsi256_si128(ordered));
+  *hi = _mm256_cvtph_ps(_mm256_extracti128_si256(ordered, 1));
+}
+
+// Outputs [m0, m0 + MT) x [n0, n0 + 8).
+template <int Type, int MT>
+ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
+  constexpr int kBytes = Type == kGgmlQ8_0 ? 34 : Type == kGgmlQ4_1 ? 20 : 18;
+  constexpr int kPayload = Type == kGgmlQ4_1 ? 4 : 2;
+  const int64_t row_bytes = a.out.row_bytes;
+  const uint8_t* first = a.out.w + n0 * row_bytes;
+  const __m256i offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                             _mm256_set1_epi32(static_cast<int>(row_bytes)));
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
+  // The hardware prefetchers lose track of 8 short interleaved row streams, so the first row
+  // tile walks the weights kPrefetchTiles tiles ahead linearly (prefetches never fault).
+  const bool prefetch = m0 == 0 && a.act.blocks > 0;
+  const uintptr_t pf_begin = reinterpret_cast<uintptr_t>(first) +
+                             kPrefetchTiles * kTileRows * static_cast<uintptr_t>(row_bytes);
+  const uintptr_t pf_step = (kTileRows * static_cast<uintptr_t>(row_bytes) + a.act.blocks - 1) /
+                            (a.act.blocks > 0 ? a.act.blocks : 1);
+  for (int64_t b = 0; b < a.act.blocks; ++b) {
+    if (prefetch) {
+      const uintptr_t lo = pf_begin + b * pf_step, hi = lo + pf_step;
+      for (uintptr_t line = lo & ~uintptr_t{63}; line < hi; line += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
+      }
+    }
+    const uint8_t* blk = first + b * kBytes;
+    __m256 dw, mw;
+    head_f16_pair(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk), offsets, 1), &dw,
+                  &mw);
+    __m256i w[kTileRows];
+    for (int n = 0; n < kTileRows; ++n) {
+      const uint8_t* qs = blk + n * row_bytes + kPayload;
+      w[n] = Type == kGgmlQ8_0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs))
+                               : q4_bytes(qs);
+    }
+    for (int m = 0; m < MT; ++m) {
+      const int64_t at = (m0 + m) * a.act.blocks + b;
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.act.q + at * 32));
+      __m256i p[kTileRows];
+      __m256i dot;
+      if (Type == kGgmlQ8_0) {
+        // |w| times (x with w's sign) keeps maddubs' first operand unsigned; pairs of int8
+        // products need int32 from the first addition on.
+        for (int n = 0; n < kTileRows; ++n) {
+          p[n] = _mm256_madd_epi16(
+              _mm256_maddubs_epi16(_mm256_sign_epi8(w[n], w[n]), _mm256_sign_epi8(x, w[n])),
+              ones);
+        }
+        dot = reduce8(p);
+      } else {
+        for (int n = 0; n < kTileRows; ++n) p[n] = _mm256_maddubs_epi16(w[n], x);
+        dot = reduce8_i16(p);
+      }
+      if (Type == kGgmlQ4_0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * a.act.sum[at]));
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.act.d[at]));
+      acc[m] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m]);
+      if (Type == kGgmlQ4_1) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a.act.s[at]), acc[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    alignas(32) float lanes[kTileRows];
+    _mm256_store_ps(lanes, acc[m]);
+    for (int n = 0; n < kTileRows; ++n) store_output(a.out, m0 + m, n0 + n, lanes[n]);
+  }
+}
+
+template <int Type>
+ADAEAGLE_AVX2 void rows_of_type(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
+  int64_t n0 = n_begin;
+  for (; n0 + kTileRows <= n_end; n0 += kTileRows) {
+    // Taller tiles decode each weight block for more input rows.
+    int64_t m0 = 0;
+    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16>(a, m0, n0);
+    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8>(a, m0, n0);
+    for (; m0 + 4 <= a.out.m; m0 += 4) tile<Type, 4>(a, m0, n0);
+    switch (a.out.m - m0) {
+      case 3: tile<Type, 3>(a, m0, n0); break;
+      case 2: tile<Type, 2>(a, m0, n0); break;
+      case 1: tile<Type, 1>(a, m0, n0); break;
+      default: break;
+    }
+  }
+  for (; n0 < n_end; ++n0) {
+    for (int64_t m = 0; m < a.out.m; ++m) store_output(a.out, m, n0, dot_q8_scalar(a, m, n0));
+  }
+}
+
+}  // namespace
+
+ADAEAGLE_AVX2 void quantize_rows_q8_avx2(const float* x, int64_t k, int64_t m_begin,
+                                         int64_t m_end, int8_t* q, float* d, int32_t* sum,
+                                         float* s) {
+  const int64_t blocks = k / kQuantBlock;
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int64_t m = m_begin; m < m_end; ++m) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t at = m * blocks + b;
+      const float* xb = x + m * k + b * kQuantBlock;
+      __m256 v[4];
+      __m256 amax = _mm256_setzero_ps(), probe = _mm256_setzero_ps();
+      for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(xb + 8 * i);
+        amax = _mm256_max_ps(_mm256_andnot_ps(sign_bit, v[i]), amax);
+        probe = _mm256_add_ps(probe, _mm256_mul_ps(v[i], _mm256_setzero_ps()));  // NaN if not finite
+      }
+      __m256i* qb = reinterpret_cast<__m256i*>(q + m * k + b * kQuantBlock);
+      if (_mm256_movemask_ps(_mm256_cmp_ps(probe, probe, _CMP_ORD_Q)) != 0xff) {
+        _mm256_storeu_si256(qb, _mm256_setzero_si256());
+        d[at] = s[at] = std::numeric_limits<float>::quiet_NaN();
+        sum[at] = 0;
+        continue;
+      }
+      const float scale = hmax(amax) / 127.0f;
+      const __m256 inv = _mm256_set1_ps(scale != 0.0f ? 1.0f / scale : 0.0f);
+      __m256i qi[4];
+      for (int i = 0; i < 4; ++i) qi[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv));
+      const __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]),
+                                                _mm256_packs_epi32(qi[2], qi[3]));
+      _mm256_storeu_si256(qb, _mm256_permutevar8x32_epi32(packed, order));
+      const int32_t total = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]),
+                                                      _mm256_add_epi32(qi[2], qi[3])));
+      d[at] = scale;
+      sum[at] = total;
+      s[at] = scale * static_cast<float>(total);
+    }
+  }
+}
+
+void linear_q8_rows_avx2(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
+  switch (a.out.type) {
+    case kGgmlQ4_0: return rows_of_type<kGgmlQ4_0>(a, n_begin, n_end);
+    case kGgmlQ4_1: return rows_of_type<kGgmlQ4_1>(a, n_begin, n_end);
+    case kGgmlQ8_0: return rows_of_type<kGgmlQ8_0>(a, n_begin, n_end);
+    default: TORCH_CHECK(false, "linear: act_quant needs Q4_0, Q4_1 or Q8_0 weights, got ",
+                         a.out.type);
+  }
+}
+
+}  // namespace adaeagle::cpu
+
+#else  // not x86: the portable loops only
+
+namespace adaeagle::cpu {
+void quantize_rows_q8_avx2(const float* x, int64_t k, int64_t m_begin, int64_t m_end, int8_t* q,
+                           float* d, int32_t* sum, float* s) {
+  quantize_rows_q8_scalar(x, k, m_begin, m_end, q, d, sum, s);
+}
+void linear_q8_rows_avx2(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
+  linear_q8_rows_scalar(a, n_begin, n_end);
+}
+}  // namespace adaeagle::cpu
+
+#endif
