@@ -13,6 +13,7 @@ from adaeagle_ext.models.fetch import fetch_default_model
 from adaeagle_ext.models.gguf_loader import GGUFCheckpoint, read_gguf
 from adaeagle_ext.models.hf_loader import read_hf_dir
 from adaeagle_ext.models.llama import LlamaForCausalLM, build_model
+from adaeagle_ext.models.packed_layers import set_act_quant
 from adaeagle_ext.models.tokenizer import Message, Tokenizer
 from adaeagle_ext.spec.generate import GenerationStats, RequestOutput, generate_ids
 from adaeagle_ext.spec.sampling import SamplingParams
@@ -143,6 +144,7 @@ def load(
     *,
     dtype: str | torch.dtype = "float32",
     weights: str = "native",
+    act_quant: int = 0,
     threads: int | None = None,
     progress: bool = True,
 ) -> Pipeline:
@@ -157,6 +159,9 @@ def load(
             embedding and the LM head, run by ``ops.linear``: the original model's numbers,
             4.5 bits a weight read per step) or "convert" (dequantise everything to ``dtype``).
             HF checkpoints are always converted.
+        act_quant: 0 (float activations: the dequantised model's numbers) or 8 (native
+            weights only: each activation row quantised to 8-bit blocks, integer dot products,
+            as llama.cpp does; faster, batch-invariant, but not the float model's text).
         threads: PyTorch intra-op threads (None: leave as is).
         progress: show progress bars.
 
@@ -167,6 +172,8 @@ def load(
     torch_dtype = resolve_dtype(dtype)
     path = fetch_default_model(quiet=not progress) if model is None else Path(model)
     t0 = time.perf_counter()
+    if act_quant not in (0, 8):
+        raise ValueError(f"act_quant must be 0 or 8, got {act_quant!r}")
     if weights not in ("native", "convert"):
         raise ValueError(f"weights must be 'native' or 'convert', got {weights!r}")
     packed = None
@@ -187,6 +194,10 @@ def load(
         raise FileNotFoundError(f"model {str(path)!r}: no such file or directory")
     net = build_model(config, state, torch_dtype, packed)
     del state
+    if act_quant:
+        if packed is None:
+            raise ValueError("act_quant=8 needs packed weights (a GGUF with weights='native')")
+        set_act_quant(net, act_quant)
     pipe = Pipeline(net, loader, path, checkpoint)
     pipe.load_s = time.perf_counter() - t0
     return pipe

@@ -24,6 +24,8 @@ def add_bench(sub) -> None:
                    help="per turn (Spec-Bench uses 1024)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads")
+    p.add_argument("--act-quant", type=int, default=0, choices=[0, 8],
+                   help="8: 8-bit activation blocks in the packed linear layers (api.load)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed short runs per method before measuring")
@@ -46,12 +48,13 @@ def run_bench_command(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     pipe = load(args.model, dtype=args.dtype, threads=args.threads,
-                progress=not args.no_progress)
+                act_quant=args.act_quant, progress=not args.no_progress)
     run = run_bench(Target.from_pipeline(pipe), questions, methods,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, warmup=args.warmup, threads=args.threads,
                     progress=not args.no_progress)
-    run.settings.update(dtype=args.dtype, prompts=str(args.prompts), model=str(pipe.source),
+    run.settings.update(dtype=args.dtype, act_quant=args.act_quant, prompts=str(args.prompts),
+                        model=str(pipe.source),
                         per_category=args.per_category, limit=args.limit,
                         command="adaeagle " + " ".join(sys.argv[1:]))
     md = write_report(run, args.out)
