@@ -648,6 +648,9 @@ def linear(
     The CPU kernel is chosen at each call: AVX2+FMA+F16C when the CPU has them, else a
     portable loop with the same order; ``ADAEAGLE_LINEAR_ISA=scalar`` forces the latter.
     """
+    if x.dim() < 1 or weight.dim() != 2:
+        raise ValueError(f"linear: x must be [..., K] and weight uint8 [N, row_bytes], got x "
+                         f"shape {tuple(x.shape)} and weight shape {tuple(weight.shape)}")
     k = x.shape[-1]
     n = weight.shape[0]
     x2 = x.reshape(-1, k)
@@ -675,7 +678,9 @@ class DraftTree(NamedTuple):
     num_nodes: torch.Tensor  # int32 [1]: nodes in use, root included (>= 2)
 
 
-def _empty_tree(max_nodes: int) -> DraftTree:
+def _empty_tree(max_nodes: int, op: str) -> DraftTree:
+    if not 2 <= max_nodes <= MAX_TREE_NODES:
+        raise ValueError(f"{op}: max_nodes must be in [2, {MAX_TREE_NODES}], got {max_nodes}")
     return DraftTree(torch.empty(max_nodes, dtype=torch.int32),
                      torch.empty(max_nodes, dtype=torch.int64),
                      torch.empty(1, dtype=torch.int32))
@@ -719,7 +724,7 @@ def aded_draft(
     Returns:
         DraftTree; ``parents[:n], tokens[:n]`` with ``n = num_nodes`` feed ``build_tree``.
     """
-    out = _empty_tree(max_nodes) if out is None else out
+    out = _empty_tree(max_nodes, "aded_draft") if out is None else out
     _op("aded_draft")(*table, *online, context, iterations, max_len, top_paths, max_nodes, c1,
                       c2, fallback_token, seed, *out)
     return out
@@ -747,7 +752,7 @@ def aded_paths_to_tree(
     Returns:
         DraftTree in node-creation (topological) order.
     """
-    out = _empty_tree(max_nodes) if out is None else out
+    out = _empty_tree(max_nodes, "aded_paths_to_tree") if out is None else out
     _op("aded_paths_to_tree")(paths, path_lens, root_token, max_nodes, *out)
     return out
 
