@@ -114,6 +114,12 @@ def generate_ids(
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    vocab = model.config.vocab_size
+    for i, p in enumerate(prompts):
+        bad = next((t for t in p if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt {i} holds token id {bad}, outside the model's vocabulary "
+                             f"[0, {vocab})")
     sampling = sampling or SamplingParams()
     strategy = make_strategy(method)
     batch = len(prompts)
