@@ -137,6 +137,7 @@ def generate_ids(
     seed = sampling.seed if sampling.seed is not None else int(torch.seed() % (1 << 62))
     generators = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
     strategy.setup(model, batch)
+    strategy.reserve(max_seq_len)
     cache = model.new_cache(batch, max_seq_len)
 
     t0 = time.perf_counter()
