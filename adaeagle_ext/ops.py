@@ -678,11 +678,11 @@ class DraftTree(NamedTuple):
     num_nodes: torch.Tensor  # int32 [1]: nodes in use, root included (>= 2)
 
 
-def _empty_tree(max_nodes: int, op: str) -> DraftTree:
-    if not 2 <= max_nodes <= MAX_TREE_NODES:
-        raise ValueError(f"{op}: max_nodes must be in [2, {MAX_TREE_NODES}], got {max_nodes}")
-    return DraftTree(torch.empty(max_nodes, dtype=torch.int32),
-                     torch.empty(max_nodes, dtype=torch.int64),
+def _empty_tree(max_nodes: int) -> DraftTree:
+    # A negative size would fail here without naming the argument: the op checks the range.
+    size = max(max_nodes, 0)
+    return DraftTree(torch.empty(size, dtype=torch.int32),
+                     torch.empty(size, dtype=torch.int64),
                      torch.empty(1, dtype=torch.int32))
 
 
@@ -724,7 +724,7 @@ def aded_draft(
     Returns:
         DraftTree; ``parents[:n], tokens[:n]`` with ``n = num_nodes`` feed ``build_tree``.
     """
-    out = _empty_tree(max_nodes, "aded_draft") if out is None else out
+    out = _empty_tree(max_nodes) if out is None else out
     _op("aded_draft")(*table, *online, context, iterations, max_len, top_paths, max_nodes, c1,
                       c2, fallback_token, seed, *out)
     return out
@@ -752,7 +752,7 @@ def aded_paths_to_tree(
     Returns:
         DraftTree in node-creation (topological) order.
     """
-    out = _empty_tree(max_nodes, "aded_paths_to_tree") if out is None else out
+    out = _empty_tree(max_nodes) if out is None else out
     _op("aded_paths_to_tree")(paths, path_lens, root_token, max_nodes, *out)
     return out
 
