@@ -1,4 +1,4 @@
-# make demo | make test | make test-full | make bench
+# make demo | make test | make test-full | make sanitize | make bench
 # Each target bootstraps .venv on first use (torch first, then this project built against it).
 
 PYTHON ?= python3
@@ -10,7 +10,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h')
 EXT_STAMP := $(VENV)/.ext-built
 export MAX_JOBS ?= 2
 
-.PHONY: demo test test-full bench build ctest clean
+.PHONY: demo test test-full sanitize bench build ctest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,17 @@ test: build ctest
 
 test-full: build ctest
 	$(PY) -m pytest -q
+
+# The C++ CPU kernels under AddressSanitizer + UndefinedBehaviorSanitizer: a separate CPU-only
+# build in build/sanitize (the normal build is untouched), the ctest host-logic tests, then the
+# op and fuzz tests with the ASan runtime preloaded; any report fails. Short fuzz budget by
+# default; `HYPOTHESIS_PROFILE=long make sanitize` fuzzes longer. The CUDA kernels need a GPU:
+# there, run the op tests under compute-sanitizer instead, e.g.
+#   compute-sanitizer --tool memcheck .venv/bin/python -m pytest -q -k cuda \
+#     python_tests/test_{build_tree,kv_compact,verify_greedy,verify_sampling,tree_attention,ldlp_mlp,linear}.py
+# (and --tool racecheck / initcheck the same way).
+sanitize: $(INSTALLED)
+	PY=$(abspath $(PY)) scripts/sanitize.sh
 
 # Op microbenchmarks, then a small Spec-Bench run (2 questions per task, 64 new tokens) of
 # plain decoding and the HF peers; `adaeagle bench --help` for the full protocol.

@@ -4,6 +4,9 @@ ADAEAGLE_CUDA=auto (default) builds the CUDA kernels when nvcc and a CUDA build 
 present; 1 requires them and fails with the reason; 0 builds the CPU kernels only.
 TORCH_CUDA_ARCH_LIST overrides the default targets (sm_80 and sm_90 code plus compute_90 PTX).
 MAX_JOBS bounds parallel compilation (ninja).
+ADAEAGLE_SANITIZE=1 (`make sanitize`) compiles the CPU kernels with AddressSanitizer and
+UndefinedBehaviorSanitizer (-O1 -g, CUDA off); build it into its own folders
+(--build-lib/--build-temp) so the normal build is untouched.
 """
 
 from __future__ import annotations
@@ -78,9 +81,16 @@ def _want_cuda() -> tuple[bool, str]:
     return True, home
 
 
+def _sanitize() -> bool:
+    mode = os.environ.get("ADAEAGLE_SANITIZE", "0")
+    if mode not in ("0", "1"):
+        raise SystemExit(f"ADAEAGLE_SANITIZE must be 0 or 1, got {mode!r}")
+    return mode == "1"
+
+
 def _write_build_config(with_cuda: bool) -> str:
     """Writes build/generated/adaeagle_build_config.h (read by build_info()); returns its dir."""
-    out = ROOT / "build" / "generated"
+    out = ROOT / "build" / ("sanitize/generated" if _sanitize() else "generated")
     out.mkdir(parents=True, exist_ok=True)
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else ""
     text = (
@@ -96,6 +106,8 @@ def _write_build_config(with_cuda: bool) -> str:
 
 
 def _extension():
+    if _sanitize():
+        os.environ["ADAEAGLE_CUDA"] = "0"
     with_cuda, _ = _want_cuda()
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
@@ -106,6 +118,11 @@ def _extension():
     # at::parallel_for is header code: without OpenMP it silently runs on one thread.
     cxx_flags = ["-O3", "-fopenmp"]
     link_flags = ["-fopenmp"]
+    if _sanitize():
+        # Any report aborts the process (a failing test run), not just a printed warning.
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fopenmp", *san]
+        link_flags = ["-fopenmp", *san]
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     if not with_cuda:
         return cpp_extension.CppExtension(

@@ -192,7 +192,10 @@ def load(
         loader = (lambda: Tokenizer.from_gguf(path)) if checkpoint.has_tokenizer else None
     else:
         raise FileNotFoundError(f"model {str(path)!r}: no such file or directory")
-    net = build_model(config, state, torch_dtype, packed)
+    try:
+        net = build_model(config, state, torch_dtype, packed)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     del state
     if act_quant:
         if packed is None:

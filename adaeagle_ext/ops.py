@@ -656,6 +656,9 @@ def linear(
     The CPU kernel is chosen at each call: AVX2+FMA+F16C when the CPU has them, else a
     portable loop with the same order; ``ADAEAGLE_LINEAR_ISA=scalar`` forces the latter.
     """
+    if x.dim() < 1 or weight.dim() != 2:
+        raise ValueError(f"linear: x must be [..., K] and weight uint8 [N, row_bytes], got x "
+                         f"shape {tuple(x.shape)} and weight shape {tuple(weight.shape)}")
     k = x.shape[-1]
     n = weight.shape[0]
     x2 = x.reshape(-1, k)
@@ -684,8 +687,10 @@ class DraftTree(NamedTuple):
 
 
 def _empty_tree(max_nodes: int) -> DraftTree:
-    return DraftTree(torch.empty(max_nodes, dtype=torch.int32),
-                     torch.empty(max_nodes, dtype=torch.int64),
+    # A negative size would fail here without naming the argument: the op checks the range.
+    size = max(max_nodes, 0)
+    return DraftTree(torch.empty(size, dtype=torch.int32),
+                     torch.empty(size, dtype=torch.int64),
                      torch.empty(1, dtype=torch.int32))
 
 

@@ -244,8 +244,10 @@ def merge_attn_states(
     safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
     wa = torch.exp(lse_a - safe).nan_to_num(0.0)[..., None]
     wb = torch.exp(lse_b - safe).nan_to_num(0.0)[..., None]
-    out = wa * out_a.float() + wb * out_b.float()
-    return out.to(out_a.dtype), lse
+    # An empty side (weight 0) is ignored whatever its output holds (NaN included).
+    part_a = torch.where(wa > 0, wa * out_a.float(), 0.0)
+    part_b = torch.where(wb > 0, wb * out_b.float(), 0.0)
+    return (part_a + part_b).to(out_a.dtype), lse
 
 
 # verify_sampling
@@ -463,7 +465,8 @@ def dequantize(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
         return data.view(torch.float16).float()
     if ggml_type == GGML_BF16:
         return data.view(torch.bfloat16).float()
-    blocks = data.view(rows, -1, nbytes)
+    nblocks = data.shape[1] // nbytes  # explicit: -1 is ambiguous when N = 0
+    blocks = data.view(rows, nblocks, nbytes)
     d = _fp16_field(blocks, 0)
     if ggml_type == GGML_Q8_0:
         w = blocks[..., 2:].contiguous().view(torch.int8).float() * d
@@ -471,7 +474,7 @@ def dequantize(data: torch.Tensor, ggml_type: int) -> torch.Tensor:
         w = (_nibbles(blocks[..., 2:]) - 8).float() * d
     else:  # Q4_1: d * q rounded, then + m rounded
         w = d * _nibbles(blocks[..., 4:]).float() + _fp16_field(blocks, 2)
-    return w.reshape(rows, -1)
+    return w.reshape(rows, nblocks * block)
 
 
 def linear(

@@ -50,3 +50,19 @@ def random_batch(gen: torch.Generator, batch: int, max_size: int = 64, bushiness
         torch.tensor(indptr, dtype=torch.int32),
         prefix,
     )
+
+
+# Hypothesis budgets: "short" in `make test` / `make sanitize`, HYPOTHESIS_PROFILE=long for a
+# deeper local fuzz run. No deadline: the machine is shared, so timings are noisy.
+try:
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("short", max_examples=40, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("long", max_examples=2000, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "short"))
+except ImportError:  # hypothesis is a dev extra; the fuzz tests skip without it
+    pass

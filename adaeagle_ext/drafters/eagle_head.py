@@ -268,12 +268,18 @@ class EagleHead(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"EAGLE head {str(path)!r}: no such file")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not an EAGLE head file (format {meta.get('format')!r})")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        cfg = EagleHeadConfig(**json.loads(meta["config"]))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types on corrupt files
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an EAGLE head file (format {meta.get('format')!r})")
+        try:
+            cfg = EagleHeadConfig(**json.loads(meta["config"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: missing or unusable head config ({e!r})") from None
         draft_vocab = tensors.pop("draft_vocab", None)
         head = cls(cfg, draft_vocab)
         try:

@@ -101,12 +101,15 @@ class LDLP(nn.Module):
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not an LDLP file (format {meta.get('format')!r})")
-        config = json.loads(meta["config"])
+        try:
+            config = json.loads(meta["config"])
+            module = cls(config["hidden_size"], config["width"], config["eps"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: missing or unusable LDLP config ({e!r})") from None
         if hidden_size is not None and config["hidden_size"] != hidden_size:
             raise ValueError(f"{path}: LDLP was trained for hidden size "
                              f"{config['hidden_size']}, the target has {hidden_size}")
         dtypes = {t.dtype for t in tensors.values()}
-        module = cls(config["hidden_size"], config["width"], config["eps"])
         try:
             module.load_state_dict(tensors)
         except RuntimeError as e:

@@ -99,10 +99,16 @@ class GGUFCheckpoint:
         embed = [t for t in reader.tensors if t.name == "token_embd.weight"]
         if not embed:
             raise GGUFError(f"{self.path}: tensor token_embd.weight is missing")
-        self.config = self._config(names, int(embed[0].shape[1]))
-        self.packed: dict[str, PackedTensor] = {}
-        for t in reader.tensors:
-            self.packed[_hf_name(t.name, self.path)] = self._packed(t)
+        try:
+            self.config = self._config(names, int(embed[0].shape[1]))
+            self.packed: dict[str, PackedTensor] = {}
+            for t in reader.tensors:
+                self.packed[_hf_name(t.name, self.path)] = self._packed(t)
+        except GGUFError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as e:
+            # corrupt metadata (e.g. head counts that do not divide) or tensor descriptions
+            raise GGUFError(f"{self.path}: not a usable model (corrupt metadata?): {e}") from e
 
     def _config(self, names: set[str], vocab: int) -> LlamaConfig:
         m, a = self.metadata, self.arch

@@ -241,6 +241,12 @@ def build_model(config: LlamaConfig, weights: dict[str, torch.Tensor],
     if missing or extra:
         raise ValueError(f"weights do not match the config: missing {missing[:8]}, "
                          f"unexpected {extra[:8]}")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = [f"{k}: {tuple(t.shape)} (expected {shapes[k]})"
+             for k, t in [*given.items(), *packed.items()]
+             if k in shapes and tuple(t.shape) != shapes[k]]
+    if wrong:
+        raise ValueError(f"weights do not match the config's shapes: {'; '.join(wrong[:8])}")
     state = {k: given[k].to(dtype) for k in wanted - packed.keys()}
     model.load_state_dict(state, assign=True, strict=False)
     for name, weight in packed.items():

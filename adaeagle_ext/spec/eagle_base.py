@@ -93,7 +93,14 @@ class EagleBase(Strategy):
 
     # --- drafting -------------------------------------------------------------------------
 
+    def reserve(self, max_seq_len: int) -> None:
+        """The draft cache, sized once: ``refresh`` needs at most the target's committed rows
+        plus one tree and its root, and the target never holds more than ``max_seq_len``."""
+        self.cache = self.head.new_cache(self.batch, max_seq_len + MAX_TREE_NODES + 1)
+
     def _ensure_cache(self, rows: int) -> None:
+        """Grows the draft cache to ``rows`` (a no-op after ``reserve`` in ``generate_ids``;
+        kept for callers that drive a strategy without it)."""
         old = self.cache
         if old is not None and old.max_seq_len >= rows:
             return

@@ -116,6 +116,12 @@ def generate_ids(
         raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    vocab = model.config.vocab_size
+    for i, p in enumerate(prompts):
+        bad = next((t for t in p if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt {i} holds token id {bad}, outside the model's vocabulary "
+                             f"[0, {vocab})")
     sampling = sampling or SamplingParams()
     strategy = make_strategy(method)
     batch = len(prompts)
@@ -133,6 +139,7 @@ def generate_ids(
     seed = sampling.seed if sampling.seed is not None else int(torch.seed() % (1 << 62))
     generators = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
     strategy.setup(model, batch)
+    strategy.reserve(max_seq_len)
     cache = model.new_cache(batch, max_seq_len)
 
     t0 = time.perf_counter()

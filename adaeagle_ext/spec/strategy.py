@@ -77,6 +77,10 @@ class Strategy:
     def setup(self, model, batch: int) -> None:
         """Called once per generate call, before prefill."""
 
+    def reserve(self, max_seq_len: int) -> None:
+        """Called once per generate call after ``setup``, with the target cache's rows per
+        request: a strategy sizes its own buffers here, once, instead of growing them."""
+
     def observe_prefill(self, tokens: torch.Tensor, hidden: torch.Tensor,
                         tree_indptr: torch.Tensor) -> None:
         """Features of one prefill chunk: tokens int64 [N], hidden [N, H] (CSR over B)."""
