@@ -222,3 +222,33 @@ def test_ldlp_file_round_trip(tmp_path):
     assert strategy.k == 3
     stats = check_same(model, strategy, PROMPTS, max_new_tokens=16)
     assert max(stats.draft_tokens) <= 3
+
+
+class RecordingAdaEagle(AdaEagle):
+    """Records (request history, drafted tokens) of every step."""
+
+    def propose(self, state):
+        tree = super().propose(state)
+        ptr = tree.tree_indptr.tolist()
+        for b in state.active.nonzero().flatten().tolist():
+            self.seen.setdefault(b, []).append(
+                (list(state.history[b]), tree.tokens[ptr[b] + 1:ptr[b + 1]].tolist()))
+        return tree
+
+
+def test_drafts_after_skipped_steps_equal_fresh_drafts():
+    """Steps that draft nothing defer the head's refresh; the next drafts must be exactly what
+    a fresh chain drafts from the same history (a lost or doubled pending pair would differ)."""
+    model, head, ldlp = setting(1, k_max=4)
+    strategy = RecordingAdaEagle(head=head, ldlp=ldlp)
+    strategy.seen = {}
+    check_same(model, strategy, PROMPTS, max_new_tokens=24)
+    after_skip = [(h, d) for steps in strategy.seen.values()
+                  for (_, d0), (h, d) in zip(steps, steps[1:], strict=False) if not d0 and d]
+    assert len(after_skip) >= 4
+    for history, drafted in after_skip[:8]:
+        fresh = RecordingAdaEagle(head=head, ldlp=random_ldlp(model, k_max=4, mean=50.0))
+        fresh.seen = {}
+        generate_ids(model, [history[:-1]], method=fresh, max_new_tokens=len(drafted) + 2)
+        assert fresh.seen[0][0][0] == history
+        assert fresh.seen[0][0][1][:len(drafted)] == drafted
