@@ -11,12 +11,15 @@ import torch
 from adaeagle_ext.models.kv_compact import kv_compact_
 from adaeagle_ext.models.llama import LlamaForCausalLM
 from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs, tree_inputs
+from adaeagle_ext.spec import adaeagle as _adaeagle  # noqa: F401  (adaeagle, adaeagle-ddd)
 from adaeagle_ext.spec import adaeagle_tree as _adaeagle_tree  # noqa: F401
 from adaeagle_ext.spec import aded as _aded  # noqa: F401  (registers "aded")
 from adaeagle_ext.spec import ar as _ar  # noqa: F401  (registers "ar")
 from adaeagle_ext.spec import chain as _chain  # noqa: F401  (registers "chain")
 from adaeagle_ext.spec import eagle as _eagle  # noqa: F401  (registers "eagle")
 from adaeagle_ext.spec import eagle2 as _eagle2  # noqa: F401  (registers "eagle2")
+from adaeagle_ext.spec import oracle as _oracle  # noqa: F401  (registers "oracle")
+from adaeagle_ext.spec import threshold_chains as _thresholds  # noqa: F401  (ddd, maxconf)
 from adaeagle_ext.spec.request import RequestState, StreamCallback
 from adaeagle_ext.spec.sampling import SamplingParams, sample
 from adaeagle_ext.spec.strategy import StepState, Strategy, make_strategy
