@@ -140,6 +140,9 @@ class EagleHead(nn.Module):
         self.head_packed: PackedWeight | None = None  # LM-head rows [Nd, H], set by bind
         self._packed_layers: PackedHeadLayers | None = None
         self._packed_key: tuple | None = None
+        # (module, name) of every parameter: its current tensor is read at each forward, so
+        # a replaced parameter is noticed too (cheaper than walking ``parameters()``).
+        self._param_slots = [(m, n) for m in self.modules() for n in m._parameters]
 
     # --- binding to the target ------------------------------------------------------------
 
@@ -172,7 +175,8 @@ class EagleHead(nn.Module):
         (``packed_inference`` off, or autograd on)."""
         if not self.packed_inference or self._autograd():
             return None
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        params = (m._parameters[n] for m, n in self._param_slots)
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params if p is not None)
         if key != self._packed_key:
             self._packed_layers = PackedHeadLayers.from_head(self)
             self._packed_key = key
