@@ -216,7 +216,8 @@ class EagleHead(nn.Module):
         return h + packed.mlp(self.post_attention_layernorm(h))
 
     def forward_tree(self, tokens, features, positions, cache: KVCache, prefix_lens,
-                     tree_indptr, mask_bits, new_index=None) -> torch.Tensor:
+                     tree_indptr, mask_bits, new_index=None, *,
+                     cache_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run new draft nodes of a ragged batch over the head's cache; write their K/V.
 
         The call covers N nodes per CSR (``tree_indptr`` [B+1], ``mask_bits`` int64 [N]); node
@@ -228,6 +229,9 @@ class EagleHead(nn.Module):
             tokens: int64 [M]; features [M, H]; positions int64 [M] (of the new nodes).
             cache: the head's KVCache (``cache.lens`` is not changed).
             prefix_lens: int32 [B].
+            cache_rows: optional int64 [M], the new nodes' rows in the flattened cache
+                (``b * S_max + prefix_lens[b] + local j``), when the caller has them at hand;
+                they are then neither recomputed nor bounds-checked.
 
         Returns:
             predicted next features [M, H] (head dtype).
@@ -240,24 +244,34 @@ class EagleHead(nn.Module):
         else:
             q, k, v = packed.project(x, self.self_attn)
             q, k = rope(q, cos, sin), rope(k, cos, sin)
+        if cache_rows is None:
+            cache_rows = self._cache_rows(cache, prefix_lens, tree_indptr, new_index)
+        buf = cache.buf
+        kv_rows = buf.shape[2] * buf.shape[3]
+        buf[0, 0].view(kv_rows, *k.shape[1:]).index_copy_(0, cache_rows, k.to(buf.dtype))
+        buf[0, 1].view(kv_rows, *v.shape[1:]).index_copy_(0, cache_rows, v.to(buf.dtype))
+        if new_index is None:
+            out = tree_attention(q, buf, 0, prefix_lens, tree_indptr, mask_bits,
+                                 self.self_attn.scale)
+        else:
+            q_all = q.new_zeros(mask_bits.shape[0], *q.shape[1:]).index_copy_(0, new_index, q)
+            out = tree_attention(q_all, buf, 0, prefix_lens, tree_indptr, mask_bits,
+                                 self.self_attn.scale).index_select(0, new_index)
+        return self._finish(x, out.reshape(out.shape[0], -1), packed)
+
+    @staticmethod
+    def _cache_rows(cache: KVCache, prefix_lens, tree_indptr, new_index) -> torch.Tensor:
+        """int64 [M] rows of the new nodes in the flattened cache ``[B * S_max]``."""
         n = int(tree_indptr[-1])
         indptr = tree_indptr.to(torch.int64)
         sizes = indptr[1:] - indptr[:-1]
         req = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
         rows = prefix_lens.to(torch.int64)[req] + torch.arange(n) - indptr[req]
-        if new_index is None:
-            new_index = torch.arange(n)
-            q_all = q
-        else:
-            q_all = q.new_zeros(n, *q.shape[1:])
-            q_all[new_index] = q
-        if new_index.numel() and int(rows[new_index].max()) >= cache.max_seq_len:
+        if new_index is not None:
+            rows, req = rows[new_index], req[new_index]
+        if rows.numel() and int(rows.max()) >= cache.max_seq_len:
             raise ValueError("the draft cache is too small for this call")
-        cache.buf[0, 0, req[new_index], rows[new_index]] = k.to(cache.buf.dtype)
-        cache.buf[0, 1, req[new_index], rows[new_index]] = v.to(cache.buf.dtype)
-        out = tree_attention(q_all, cache.buf, 0, prefix_lens, tree_indptr, mask_bits,
-                             self.self_attn.scale)[new_index]
-        return self._finish(x, out.reshape(out.shape[0], -1), packed)
+        return req * cache.max_seq_len + rows
 
     def forward_train(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Differentiable causal forward over padded sequences (no cache).
