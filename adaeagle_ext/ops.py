@@ -661,7 +661,7 @@ def linear(
                          f"shape {tuple(x.shape)} and weight shape {tuple(weight.shape)}")
     k = x.shape[-1]
     n = weight.shape[0]
-    x2 = x.reshape(-1, k)
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)  # 2-D: no reshape call on the hot path
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     if out is None:
@@ -669,7 +669,8 @@ def linear(
     elif out.shape != (*x.shape[:-1], n):
         raise ValueError(f"linear: out must have shape {(*x.shape[:-1], n)}, got "
                          f"{tuple(out.shape)}")
-    _op("linear")(x2, weight, ggml_type, bias, out.view(x2.shape[0], n), act_quant)
+    _op("linear")(x2, weight, ggml_type, bias,
+                  out if out.dim() == 2 else out.view(x2.shape[0], n), act_quant)
     return out
 
 

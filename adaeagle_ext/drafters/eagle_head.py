@@ -6,6 +6,13 @@ target's frozen LM head to give the draft distribution of t_{i+2}. The decoder l
 input norm (EAGLE-1's layer 0); its post-attention norm, attention and MLP are the runtime's
 own modules. The embedding and LM head are the target's, shared and frozen (``bind``).
 
+Inference (``forward_tree``, ``logits``) runs on packed copies of the weights through
+``ops.linear`` (``eagle_head_packed.py``): the layer weights are packed from the parameters'
+current values on first use and repacked whenever a parameter changes; the LM-head rows are the
+target's own packed rows (or its dense rows, packed) sliced to the draft vocabulary at ``bind``.
+Under autograd (grad enabled and parameters that require grad) both fall back to the
+parameters and ``F.linear``; training (``forward_train``, ``head_weight``) never packs.
+
 Optional reduced draft vocabulary: ``draft_vocab`` int64 [Nd] lists the target ids the head can
 draft (a stored draft -> target id map); its LM head is the matching rows of the target's.
 
@@ -26,10 +33,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from adaeagle_ext.drafters.eagle_head_packed import (
+    PackedHeadLayers,
+    pack_exact,
+    rope,
+    slice_rows,
+)
 from adaeagle_ext.models.attention import tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
 from adaeagle_ext.models.llama import MLP, Attention, RMSNorm, rope_cos_sin
+from adaeagle_ext.packed import PackedWeight
 
 FORMAT = "adaeagle-eagle-head-v1"
 
@@ -84,6 +98,13 @@ def dense_embedding(target) -> torch.Tensor:
     return w.detach().to(target.dtype)
 
 
+def packed_lm_head(target) -> PackedWeight | None:
+    """The target's LM head as packed rows [V, H] (the tied embedding or the untied head), or
+    None when it is dense."""
+    head = target.model.embed_tokens if target.lm_head is None else target.lm_head
+    return getattr(head, "weight_packed", None)
+
+
 def embedding_fingerprint(target) -> float:
     """A number that tells targets of equal shape apart: the float64 sum of |embed[:256]|."""
     rows = target.model.embed_tokens(torch.arange(min(256, target.config.vocab_size)))
@@ -115,6 +136,13 @@ class EagleHead(nn.Module):
         self.embed: torch.Tensor | None = None
         self.head_weight: torch.Tensor | None = None
         self.bound_to = None
+        self.packed_inference = True  # False: inference runs the parameters (F.linear)
+        self.head_packed: PackedWeight | None = None  # LM-head rows [Nd, H], set by bind
+        self._packed_layers: PackedHeadLayers | None = None
+        self._packed_key: tuple | None = None
+        # (module, name) of every parameter: its current tensor is read at each forward, so
+        # a replaced parameter is noticed too (cheaper than walking ``parameters()``).
+        self._param_slots = [(m, n) for m in self.modules() for n in m._parameters]
 
     # --- binding to the target ------------------------------------------------------------
 
@@ -131,8 +159,28 @@ class EagleHead(nn.Module):
         self.embed = dense_embedding(target)
         head = target.lm_head_weight().detach().to(target.dtype)
         self.head_weight = head if self.draft_vocab is None else head[self.draft_vocab]
+        packed = packed_lm_head(target)
+        self.head_packed = (pack_exact(self.head_weight) if packed is None
+                            else slice_rows(packed, self.draft_vocab))
+        self._packed_layers = self._packed_key = None
         self.bound_to = weakref.ref(target)
         return self
+
+    def _autograd(self) -> bool:
+        return torch.is_grad_enabled() and self.fc.weight.requires_grad
+
+    def packed_layers(self) -> PackedHeadLayers | None:
+        """The packed inference copy of the layer weights, (re)packed when a parameter has
+        changed since the last call; None when inference should run the parameters
+        (``packed_inference`` off, or autograd on)."""
+        if not self.packed_inference or self._autograd():
+            return None
+        params = (m._parameters[n] for m, n in self._param_slots)
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params if p is not None)
+        if key != self._packed_key:
+            self._packed_layers = PackedHeadLayers.from_head(self)
+            self._packed_key = key
+        return self._packed_layers
 
     def is_bound_to(self, target) -> bool:
         return self.bound_to is not None and self.bound_to() is target
@@ -152,17 +200,24 @@ class EagleHead(nn.Module):
 
     # --- forward --------------------------------------------------------------------------
 
-    def fuse(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def fuse(self, tokens: torch.Tensor, features: torch.Tensor,
+             packed: PackedHeadLayers | None = None) -> torch.Tensor:
         """fc(concat(embed(tokens), features)): tokens int64 [...], features [..., H]."""
         emb = F.embedding(tokens, self.embed)
-        return self.fc(torch.cat([emb, features.to(emb.dtype)], dim=-1))
+        cat = torch.cat([emb, features.to(emb.dtype)], dim=-1)
+        return self.fc(cat) if packed is None else packed.fc.linear(cat, packed.fc_bias)
 
-    def _finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        h = x + self.self_attn.o_proj(attn)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def _finish(self, x: torch.Tensor, attn: torch.Tensor,
+                packed: PackedHeadLayers | None = None) -> torch.Tensor:
+        if packed is None:
+            h = x + self.self_attn.o_proj(attn)
+            return h + self.mlp(self.post_attention_layernorm(h))
+        h = x + packed.o.linear(attn, packed.o_bias)
+        return h + packed.mlp(self.post_attention_layernorm(h))
 
     def forward_tree(self, tokens, features, positions, cache: KVCache, prefix_lens,
-                     tree_indptr, mask_bits, new_index=None) -> torch.Tensor:
+                     tree_indptr, mask_bits, new_index=None, *,
+                     cache_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run new draft nodes of a ragged batch over the head's cache; write their K/V.
 
         The call covers N nodes per CSR (``tree_indptr`` [B+1], ``mask_bits`` int64 [N]); node
@@ -174,31 +229,49 @@ class EagleHead(nn.Module):
             tokens: int64 [M]; features [M, H]; positions int64 [M] (of the new nodes).
             cache: the head's KVCache (``cache.lens`` is not changed).
             prefix_lens: int32 [B].
+            cache_rows: optional int64 [M], the new nodes' rows in the flattened cache
+                (``b * S_max + prefix_lens[b] + local j``), when the caller has them at hand;
+                they are then neither recomputed nor bounds-checked.
 
         Returns:
             predicted next features [M, H] (head dtype).
         """
-        x = self.fuse(tokens, features)
+        packed = self.packed_layers()
+        x = self.fuse(tokens, features, packed)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        q, k, v = self.self_attn.project(x, cos, sin)
+        if packed is None:
+            q, k, v = self.self_attn.project(x, cos, sin)
+        else:
+            q, k, v = packed.project(x, self.self_attn)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
+        if cache_rows is None:
+            cache_rows = self._cache_rows(cache, prefix_lens, tree_indptr, new_index)
+        buf = cache.buf
+        kv_rows = buf.shape[2] * buf.shape[3]
+        buf[0, 0].view(kv_rows, *k.shape[1:]).index_copy_(0, cache_rows, k.to(buf.dtype))
+        buf[0, 1].view(kv_rows, *v.shape[1:]).index_copy_(0, cache_rows, v.to(buf.dtype))
+        if new_index is None:
+            out = tree_attention(q, buf, 0, prefix_lens, tree_indptr, mask_bits,
+                                 self.self_attn.scale)
+        else:
+            q_all = q.new_zeros(mask_bits.shape[0], *q.shape[1:]).index_copy_(0, new_index, q)
+            out = tree_attention(q_all, buf, 0, prefix_lens, tree_indptr, mask_bits,
+                                 self.self_attn.scale).index_select(0, new_index)
+        return self._finish(x, out.reshape(out.shape[0], -1), packed)
+
+    @staticmethod
+    def _cache_rows(cache: KVCache, prefix_lens, tree_indptr, new_index) -> torch.Tensor:
+        """int64 [M] rows of the new nodes in the flattened cache ``[B * S_max]``."""
         n = int(tree_indptr[-1])
         indptr = tree_indptr.to(torch.int64)
         sizes = indptr[1:] - indptr[:-1]
         req = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
         rows = prefix_lens.to(torch.int64)[req] + torch.arange(n) - indptr[req]
-        if new_index is None:
-            new_index = torch.arange(n)
-            q_all = q
-        else:
-            q_all = q.new_zeros(n, *q.shape[1:])
-            q_all[new_index] = q
-        if new_index.numel() and int(rows[new_index].max()) >= cache.max_seq_len:
+        if new_index is not None:
+            rows, req = rows[new_index], req[new_index]
+        if rows.numel() and int(rows.max()) >= cache.max_seq_len:
             raise ValueError("the draft cache is too small for this call")
-        cache.buf[0, 0, req[new_index], rows[new_index]] = k.to(cache.buf.dtype)
-        cache.buf[0, 1, req[new_index], rows[new_index]] = v.to(cache.buf.dtype)
-        out = tree_attention(q_all, cache.buf, 0, prefix_lens, tree_indptr, mask_bits,
-                             self.self_attn.scale)[new_index]
-        return self._finish(x, out.reshape(out.shape[0], -1))
+        return req * cache.max_seq_len + rows
 
     def forward_train(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Differentiable causal forward over padded sequences (no cache).
@@ -226,6 +299,8 @@ class EagleHead(nn.Module):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Draft logits float32 [..., Nd] (draft-vocabulary order) of predicted features."""
+        if self.packed_inference and not self._autograd():
+            return self.head_packed.linear(features.to(self.dtype), out_dtype=torch.float32)
         return F.linear(features.to(self.head_weight.dtype), self.head_weight).float()
 
     def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:

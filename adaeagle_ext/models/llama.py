@@ -22,9 +22,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = x if x.dtype == torch.float32 else x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * (x32 if x.dtype == torch.float32 else x32.to(x.dtype))
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +51,21 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size,
                                 bias=c.attention_out_bias)
         self.scale = c.head_dim ** -0.5
+        self.qkv_packed: PackedWeight | None = None  # set by fuse_packed
+        self.qkv_bias: torch.Tensor | None = None
+
+    def fuse_packed(self) -> None:
+        """When q/k/v run on packed weights of one type, run them as one ``ops.linear`` over
+        the stacked rows (every output element is summed on its own, so the bits are the
+        same); the three layers keep views of the stacked rows."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        fused = _stack_packed(projs)
+        if fused is None:
+            return
+        self.qkv_packed = fused
+        if any(p.bias is not None for p in projs):
+            self.qkv_bias = torch.cat([torch.zeros(p.out_features) if p.bias is None
+                                       else p.bias for p in projs])
 
     def project(self, x, cos, sin):
         """q [N, heads, D], k and v [N, kv_heads, D] of rows x [N, hidden], RoPE applied."""
@@ -64,10 +79,18 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, rows, batch):
         n = x.shape[0]
-        q, k, v = self.project(x, cos, sin)
+        if self.qkv_packed is None:
+            q, k, v = self.project(x, cos, sin)
+        else:
+            # RoPE on q and k in one go (elementwise: the same values as one at a time).
+            h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+            qkv = self.qkv_packed.linear(x, self.qkv_bias)
+            qk = qkv[:, :(h + kv) * d].view(n, h + kv, d)
+            qk = qk * cos + rotate_half(qk) * sin
+            q, k, v = qk[:, :h], qk[:, h:], qkv[:, (h + kv) * d:].view(n, kv, d)
         buf = batch.cache.buf
-        buf[self.layer, 0, batch.req, rows] = k.to(buf.dtype)
-        buf[self.layer, 1, batch.req, rows] = v.to(buf.dtype)
+        buf[self.layer, 0, batch.req, rows] = k if k.dtype == buf.dtype else k.to(buf.dtype)
+        buf[self.layer, 1, batch.req, rows] = v if v.dtype == buf.dtype else v.to(buf.dtype)
         out = tree_attention(q, buf, self.layer, batch.prefix_lens, batch.tree_indptr,
                              batch.mask_bits, self.scale)
         return self.o_proj(out.reshape(n, -1))
@@ -79,9 +102,35 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_packed: PackedWeight | None = None  # set by fuse_packed
+
+    def fuse_packed(self) -> None:
+        """gate and up as one ``ops.linear`` over their stacked packed rows (same bits)."""
+        self.gate_up_packed = _stack_packed((self.gate_proj, self.up_proj))
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_packed is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate_up = self.gate_up_packed.linear(x)
+        inter = gate_up.shape[-1] // 2
+        return self.down_proj(F.silu(gate_up[:, :inter]) * gate_up[:, inter:])
+
+
+def _stack_packed(layers) -> PackedWeight | None:
+    """One PackedWeight of the layers' stacked rows when all are PackedLinear of one ggml type
+    and input size (each layer then holds a view of its rows), else None."""
+    if not all(isinstance(m, PackedLinear) for m in layers):
+        return None
+    weights = [m.weight_packed for m in layers]
+    if len({(w.ggml_type, w.shape[1], w.data.device) for w in weights}) != 1:
+        return None
+    data = torch.cat([w.data for w in weights])
+    fused = PackedWeight(data, weights[0].ggml_type, (data.shape[0], weights[0].shape[1]))
+    start = 0
+    for m, w in zip(layers, weights, strict=True):
+        m.weight_packed = PackedWeight(data[start:start + w.shape[0]], w.ggml_type, w.shape)
+        start += w.shape[0]
+    return fused
 
 
 class DecoderLayer(nn.Module):
@@ -258,5 +307,8 @@ def build_model(config: LlamaConfig, weights: dict[str, torch.Tensor],
         else:
             setattr(parent, child, PackedLinear(weight, given.get(module_name + ".bias")))
     model.inv_freq = config.inv_freq()
+    for layer in model.model.layers:
+        layer.self_attn.fuse_packed()
+        layer.mlp.fuse_packed()
     model.requires_grad_(False)
     return model.eval()

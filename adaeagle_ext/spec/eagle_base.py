@@ -19,7 +19,7 @@ import torch
 
 from adaeagle_ext import ops
 from adaeagle_ext.drafters.eagle_head import EagleHead
-from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs
+from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES
 from adaeagle_ext.spec.sampling import target_probs
 from adaeagle_ext.spec.strategy import (
     Acceptance,
@@ -58,6 +58,10 @@ def resolve_head(head, target) -> EagleHead:
 
 def _signed(bits: int) -> int:
     return bits - (1 << 64) if bits >= 1 << 63 else bits
+
+
+# Row i of a chain sees nodes 0..i: the low i + 1 bits (as signed int64).
+_CHAIN_BITS = [_signed((1 << (i + 1)) - 1) for i in range(MAX_TREE_NODES)]
 
 
 class EagleBase(Strategy):
@@ -109,6 +113,7 @@ class EagleBase(Strategy):
         if old is not None:
             self.cache.buf[:, :, :, :old.max_seq_len] = old.buf
 
+    @torch.no_grad()
     def refresh(self, state: StepState) -> torch.Tensor:
         """Run the pending pairs of the active requests; reset the fed-node lists.
 
@@ -116,43 +121,57 @@ class EagleBase(Strategy):
             [A, H] the predicted feature after each active request's root (A = active count,
             in request order); it proposes the root's children.
         """
-        head = self.head
         act = state.active.nonzero().flatten().tolist()
         prefix = state.prefix_lens.tolist()
         self._ensure_cache(max(prefix) + MAX_TREE_NODES + 1)
         feats, toks = {}, {}
         for b in act:
-            f = torch.cat(self.pending[b]) if self.pending[b] else None
+            pend = self.pending[b]
+            f = (pend[0] if len(pend) == 1 else torch.cat(pend)) if pend else None
             m = prefix[b] - self.stable[b]
             if f is None or f.shape[0] != m or m < 1:
                 raise RuntimeError(f"EAGLE draft state of request {b} is out of step with the "
                                    "target cache")
             feats[b] = f
-            toks[b] = torch.tensor(state.history[b][self.stable[b] + 1: prefix[b] + 1])
+            toks[b] = state.history[b][self.stable[b] + 1: prefix[b] + 1]
             self.pending[b] = []
-        last = {}
-        done = {b: 0 for b in act}
+        # Chunks of <= 64 pairs per request, all requests in one head call per chunk.
+        s_max = self.cache.max_seq_len
+        last: dict[int, torch.Tensor] = {}
+        done = dict.fromkeys(act, 0)
         while any(done[b] < feats[b].shape[0] for b in act):
-            sizes = torch.zeros(self.batch, dtype=torch.int64)
-            for b in act:
-                sizes[b] = min(MAX_TREE_NODES, feats[b].shape[0] - done[b])
-            start = torch.tensor([self.stable[b] + (done[b] if b in done else 0)
-                                  for b in range(self.batch)], dtype=torch.int32)
-            positions, indptr, bits = chain_inputs(sizes, start)
-            parts = [b for b in act if sizes[b] > 0]
-            tokens = torch.cat([toks[b][done[b]:done[b] + sizes[b]] for b in parts])
-            f_in = torch.cat([feats[b][done[b]:done[b] + sizes[b]] for b in parts])
-            out = head.forward_tree(tokens, f_in, positions, self.cache, start, indptr, bits)
-            ends = indptr[1:].to(torch.int64) - 1
-            for b in parts:
-                done[b] += int(sizes[b])
-                if done[b] == feats[b].shape[0]:
-                    last[b] = out[ends[b]]
+            indptr, start, positions, rows, bits, tokens, f_parts = [0], [], [], [], [], [], []
+            ends = {}
+            for b in range(self.batch):
+                first = self.stable[b] + done.get(b, 0)
+                start.append(first)
+                size = min(MAX_TREE_NODES, feats[b].shape[0] - done[b]) if b in done else 0
+                if size > 0:
+                    positions.extend(range(first, first + size))
+                    rows.extend(range(b * s_max + first, b * s_max + first + size))
+                    bits.extend(_CHAIN_BITS[:size])
+                    tokens.extend(toks[b][done[b]:done[b] + size])
+                    f_parts.append(feats[b][done[b]:done[b] + size])
+                    done[b] += size
+                    if done[b] == feats[b].shape[0]:
+                        ends[b] = indptr[-1] + size - 1
+                indptr.append(indptr[-1] + size)
+            f_in = f_parts[0] if len(f_parts) == 1 else torch.cat(f_parts)
+            out = self.head.forward_tree(
+                torch.tensor(tokens, dtype=torch.int64), f_in,
+                torch.tensor(positions, dtype=torch.int64), self.cache,
+                torch.tensor(start, dtype=torch.int32), torch.tensor(indptr, dtype=torch.int32),
+                torch.tensor(bits, dtype=torch.int64),
+                cache_rows=torch.tensor(rows, dtype=torch.int64))
+            for b, row in ends.items():
+                last[b] = out[row]
         for b in act:
             self.stable[b] = prefix[b]
+        self._stable_t = torch.tensor(self.stable, dtype=torch.int32)
         self._fed = [[] for _ in range(self.batch)]  # per request: (bits, depth) of fed nodes
         return torch.stack([last[b] for b in act])
 
+    @torch.no_grad()
     def feed(self, req: list[int], parent: list[int], tokens: torch.Tensor,
              features: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """Run one level of new draft nodes through the head.
@@ -180,6 +199,8 @@ class EagleBase(Strategy):
         positions = [0] * m
         new_index = [0] * m
         fed_index = [0] * m
+        rows = [0] * m
+        s_max = self.cache.max_seq_len
         for b in range(self.batch):
             fed = self._fed[b]
             for j, (bj, _) in enumerate(fed):
@@ -194,13 +215,15 @@ class EagleBase(Strategy):
                 positions[i] = self.stable[b] + pd  # depth pd + 1 sits at stable + depth - 1
                 new_index[i] = indptr[b] + j
                 fed_index[i] = j
+                rows[i] = b * s_max + self.stable[b] + j
         out = self.head.forward_tree(
             tokens, features, torch.tensor(positions, dtype=torch.int64), self.cache,
-            torch.tensor(self.stable, dtype=torch.int32),
-            torch.tensor(indptr, dtype=torch.int32), torch.tensor(bits, dtype=torch.int64),
-            torch.tensor(new_index, dtype=torch.int64))
+            self._stable_t, torch.tensor(indptr, dtype=torch.int32),
+            torch.tensor(bits, dtype=torch.int64), torch.tensor(new_index, dtype=torch.int64),
+            cache_rows=torch.tensor(rows, dtype=torch.int64))
         return out, fed_index
 
+    @torch.no_grad()
     def draft_logits(self, features: torch.Tensor) -> torch.Tensor:
         """float32 [M, Nd] draft logits (draft-vocabulary order)."""
         return self.head.logits(features)

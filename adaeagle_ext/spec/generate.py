@@ -10,7 +10,7 @@ import torch
 
 from adaeagle_ext.models.kv_compact import kv_compact_
 from adaeagle_ext.models.llama import LlamaForCausalLM
-from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs, tree_inputs
+from adaeagle_ext.models.tree_inputs import MAX_TREE_NODES, chain_inputs
 from adaeagle_ext.spec import adaeagle as _adaeagle  # noqa: F401  (adaeagle, adaeagle-ddd)
 from adaeagle_ext.spec import adaeagle_tree as _adaeagle_tree  # noqa: F401
 from adaeagle_ext.spec import aded as _aded  # noqa: F401  (registers "aded")
@@ -22,7 +22,7 @@ from adaeagle_ext.spec import oracle as _oracle  # noqa: F401  (registers "oracl
 from adaeagle_ext.spec import threshold_chains as _thresholds  # noqa: F401  (ddd, maxconf)
 from adaeagle_ext.spec.request import RequestState, StreamCallback
 from adaeagle_ext.spec.sampling import SamplingParams, sample
-from adaeagle_ext.spec.strategy import StepState, Strategy, make_strategy
+from adaeagle_ext.spec.strategy import StepState, Strategy, active_trees, make_strategy
 
 
 @dataclass
@@ -165,15 +165,15 @@ def generate_ids(
         tree = strategy.propose(state)
         t_verify = time.perf_counter()
         stats.draft_s += t_verify - t_draft
-        _check_tree(tree, state)
-        sizes = (tree.tree_indptr[1:] - tree.tree_indptr[:-1]).tolist()
+        sizes = _check_tree(tree, requests)
         stats.draft_tokens.extend(s - 1 for s in sizes if s > 0)
-        if tree.is_chain:
-            positions, _, mask_bits = chain_inputs(torch.tensor(sizes), state.prefix_lens)
-        else:
-            positions, mask_bits = tree_inputs(tree.parents, tree.tree_indptr, state.prefix_lens)
-        logits, hidden = model(tree.tokens, positions, tree.tree_indptr, mask_bits,
-                               state.prefix_lens, cache)
+        # One build_tree per step: its positions and mask bits feed the target, and verify
+        # finds the same arrays on the tree (active_trees). Within the strategy's node bound
+        # the depth fits verify's max_depth; a larger tree gets the widest bound.
+        bound = strategy.max_tree_nodes if max(sizes) <= strategy.max_tree_nodes else 64
+        arrays = active_trees(state, tree, min(bound, MAX_TREE_NODES) - 1).arrays
+        logits, hidden = model(tree.tokens, arrays.positions, tree.tree_indptr,
+                               arrays.mask_bits, state.prefix_lens, cache)
         stats.forwards += 1
         stats.decode_steps += 1
         acc = strategy.verify(state, tree, logits)
@@ -222,11 +222,14 @@ def _prefill(model, cache, prompts, strategy, stats) -> torch.Tensor:
     return torch.stack(last)
 
 
-def _check_tree(tree, state: StepState) -> None:
-    sizes = (tree.tree_indptr[1:] - tree.tree_indptr[:-1]).to(torch.int64)
-    if sizes.numel() != state.roots.numel():
+def _check_tree(tree, requests) -> list[int]:
+    """The per-request tree sizes, after checking them against the requests' states."""
+    ptr = tree.tree_indptr.tolist()
+    sizes = [b - a for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
+    if len(sizes) != len(requests):
         raise ValueError("a strategy's tree must have one CSR entry per request")
-    if bool(((sizes > 0) != state.active).any()):
+    if any((s > 0) == r.done for s, r in zip(sizes, requests, strict=True)):
         raise ValueError("a strategy's tree must give active requests nodes and idle ones none")
-    if int(sizes.max()) > MAX_TREE_NODES:
+    if max(sizes) > MAX_TREE_NODES:
         raise ValueError(f"a draft tree holds at most {MAX_TREE_NODES} nodes")
+    return sizes

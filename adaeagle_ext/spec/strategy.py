@@ -125,12 +125,22 @@ class ActiveTrees:
 
 
 def active_trees(state: StepState, tree: DraftTree, max_depth: int) -> ActiveTrees:
-    """``build_tree`` over the active requests' trees."""
+    """``build_tree`` over the active requests' trees.
+
+    The result is kept on ``tree``: the generation loop builds it once per step for the
+    target's positions and mask bits, and ``verify`` gets the same arrays back without a
+    second ``build_tree`` (a different ``max_depth`` builds anew).
+    """
+    cached = getattr(tree, "_active_trees", None)
+    if cached is not None and cached.max_depth == max_depth:
+        return cached
     rows = state.active.nonzero().flatten()
     indptr = torch.cat([tree.tree_indptr[:1], tree.tree_indptr[1:][rows]])
     arrays = ops.build_tree(tree.parents, indptr, state.prefix_lens[rows].contiguous(),
                             max_depth, ref.MAX_TREE_NODES)
-    return ActiveTrees(rows, indptr, arrays, max_depth)
+    got = ActiveTrees(rows, indptr, arrays, max_depth)
+    tree._active_trees = got
+    return got
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}
