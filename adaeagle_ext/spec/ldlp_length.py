@@ -38,13 +38,18 @@ def resolve_ldlp(ldlp, target) -> tuple[LDLP, int]:
     if ldlp is None and not path.is_file():
         raise ValueError("no LDLP ships for this target; pass ldlp=<path to an "
                          "ldlp.safetensors> (train one with `adaeagle train-ldlp`)")
-    module, config = LDLP.load(path, target.config.hidden_size)
+    module, config = LDLP.load(path, None if ldlp is None else target.config.hidden_size)
     fp = config.get("target_fingerprint")
-    if fp is not None:
-        got = embedding_fingerprint(target)
-        if abs(got - fp) > 1e-3 * max(abs(fp), 1e-12):
-            raise ValueError(f"{path}: this LDLP was trained for a different target "
-                             "(embedding fingerprint differs)")
+    foreign = config["hidden_size"] != target.config.hidden_size or (
+        fp is not None
+        and abs(embedding_fingerprint(target) - fp) > 1e-3 * max(abs(fp), 1e-12))
+    if foreign and ldlp is None:
+        raise ValueError(f"no LDLP ships for this target (the shipped {path.name} was trained "
+                         "for another model); pass ldlp=<path to an ldlp.safetensors> (train "
+                         "one with `adaeagle train-ldlp`)")
+    if foreign:
+        raise ValueError(f"{path}: this LDLP was trained for a different target "
+                         "(embedding fingerprint differs)")
     return module, int(config["k_max"])
 
 
