@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -39,6 +38,7 @@ from adaeagle_ext.drafters.eagle_head_packed import (
     rope,
     slice_rows,
 )
+from adaeagle_ext.drafters.weights_file import read_weights_file
 from adaeagle_ext.models.attention import tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
@@ -340,17 +340,7 @@ class EagleHead(nn.Module):
 
         Raises ValueError naming the file when it is not a head or does not fit the target.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"EAGLE head {str(path)!r}: no such file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types on corrupt files
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an EAGLE head file (format {meta.get('format')!r})")
+        path, tensors, meta = read_weights_file(path, "EAGLE head", FORMAT)
         try:
             cfg = EagleHeadConfig(**json.loads(meta["config"]))
         except (KeyError, TypeError, ValueError) as e:

@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from adaeagle_ext import ops
+from adaeagle_ext.drafters.weights_file import read_weights_file
 
 FORMAT = "adaeagle-ldlp-v1"
 
@@ -90,17 +90,7 @@ class LDLP(nn.Module):
             FileNotFoundError / ValueError naming the file: missing, not an LDLP file, weights
             that disagree with the config, or a hidden size other than ``hidden_size``.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"LDLP {str(path)!r}: no such file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises its own error types on corrupt files
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: not an LDLP file (format {meta.get('format')!r})")
+        path, tensors, meta = read_weights_file(path, "LDLP", FORMAT)
         try:
             config = json.loads(meta["config"])
             module = cls(config["hidden_size"], config["width"], config["eps"])
