@@ -39,14 +39,13 @@ from adaeagle_ext.drafters.aded import DEFAULT_TABLE_PATH, AdedDrafter
 from adaeagle_ext.drafters.eagle_head import embedding_fingerprint
 from adaeagle_ext.drafters.trigram import TrigramTable
 from adaeagle_ext.spec.eagle_base import csr_tree, depth_caps
-from adaeagle_ext.spec.sampling import target_probs
 from adaeagle_ext.spec.strategy import (
     Acceptance,
     DraftTree,
     StepState,
     Strategy,
-    active_trees,
     register,
+    verify_sampling_trees,
 )
 
 # ``embedding_fingerprint`` of the default model (SmolLM2-135M-Instruct Q4_1): 14150.4129 in
@@ -209,16 +208,8 @@ class Aded(Strategy):
     def verify(self, state: StepState, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
         if state.sampling.greedy:
             return super().verify(state, tree, logits)
-        active = active_trees(state, tree, self.max_tree_nodes - 1)
-        sizes = (active.indptr[1:] - active.indptr[:-1]).tolist()
-        coins = [torch.rand(s + 1, generator=state.generators[b])
-                 for s, b in zip(sizes, active.rows.tolist(), strict=True)]
-        uniforms = torch.cat([c[:-1] for c in coins] + [torch.stack([c[-1] for c in coins])])
-        got = ops.verify_sampling(tree.tokens, target_probs(logits, state.sampling), None,
-                                  active.arrays.first_child, active.arrays.next_sibling,
-                                  active.indptr, ops.VERIFY_TOPK, active.max_depth,
-                                  uniforms=uniforms)
-        return active.scatter(got, state.roots.numel())
+        return verify_sampling_trees(state, tree, logits, ops.VERIFY_TOPK, None,
+                                     self.max_tree_nodes - 1)
 
 
 def tree_has_distinct_siblings(parents: torch.Tensor, tokens: torch.Tensor) -> bool:

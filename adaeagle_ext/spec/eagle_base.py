@@ -26,7 +26,7 @@ from adaeagle_ext.spec.strategy import (
     DraftTree,
     StepState,
     Strategy,
-    active_trees,
+    verify_sampling_trees,
 )
 
 # The trained head shipped for the default model (see eagle_head.md beside it).
@@ -244,17 +244,9 @@ class EagleBase(Strategy):
     def verify(self, state: StepState, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
         if state.sampling.greedy:
             return super().verify(state, tree, logits)
-        active = active_trees(state, tree, self.max_tree_nodes - 1)
-        sizes = (active.indptr[1:] - active.indptr[:-1]).tolist()
-        coins = [torch.rand(s + 1, generator=state.generators[b])
-                 for s, b in zip(sizes, active.rows.tolist(), strict=True)]
-        uniforms = torch.cat([c[:-1] for c in coins] + [torch.stack([c[-1] for c in coins])])
-        p = target_probs(logits, state.sampling)
         q = None if self.sampling_mode == ops.VERIFY_TOPK else self.draft_q
-        got = ops.verify_sampling(tree.tokens, p, q, active.arrays.first_child,
-                                  active.arrays.next_sibling, active.indptr, self.sampling_mode,
-                                  active.max_depth, uniforms=uniforms)
-        return active.scatter(got, state.roots.numel())
+        return verify_sampling_trees(state, tree, logits, self.sampling_mode, q,
+                                     self.max_tree_nodes - 1)
 
 
 def depth_caps(state: StepState, act: list[int], most: int) -> list[int]:

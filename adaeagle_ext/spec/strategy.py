@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from adaeagle_ext import ops, ref
-from adaeagle_ext.spec.sampling import SamplingParams
+from adaeagle_ext.spec.sampling import SamplingParams, target_probs
 
 
 @dataclass
@@ -141,6 +141,23 @@ def active_trees(state: StepState, tree: DraftTree, max_depth: int) -> ActiveTre
     got = ActiveTrees(rows, indptr, arrays, max_depth)
     tree._active_trees = got
     return got
+
+
+def verify_sampling_trees(state: StepState, tree: DraftTree, logits: torch.Tensor, mode: int,
+                          draft_q: torch.Tensor | None, max_depth: int) -> Acceptance:
+    """Sampling (T > 0) verification of the active requests' trees by ``ops.verify_sampling``
+    in ``mode``: target probabilities from ``logits`` float32 [N, V] under the user's sampling
+    params, ``draft_q`` [N, V] proposal rows (None for top-k mode), uniforms drawn from each
+    request's own generator (one per node, then one per request for the bonus token)."""
+    active = active_trees(state, tree, max_depth)
+    sizes = (active.indptr[1:] - active.indptr[:-1]).tolist()
+    coins = [torch.rand(s + 1, generator=state.generators[b])
+             for s, b in zip(sizes, active.rows.tolist(), strict=True)]
+    uniforms = torch.cat([c[:-1] for c in coins] + [torch.stack([c[-1] for c in coins])])
+    got = ops.verify_sampling(tree.tokens, target_probs(logits, state.sampling), draft_q,
+                              active.arrays.first_child, active.arrays.next_sibling,
+                              active.indptr, mode, active.max_depth, uniforms=uniforms)
+    return active.scatter(got, state.roots.numel())
 
 
 _REGISTRY: dict[str, type[Strategy]] = {}
