@@ -70,6 +70,28 @@ def test_tree_nodes_see_only_their_ancestors(target):
         torch.testing.assert_close(late[i - 4], want, atol=1e-5, rtol=1e-5)
 
 
+def test_unrolled_steps_equal_drafting_a_chain(target):
+    """Unrolled step d of row i is the head run on the true pairs 0..i followed by its own
+    steps 1..d, i.e. what drafting token d+1 after pair i computes."""
+    head = random_head(target, seed=3)
+    g = torch.Generator().manual_seed(3)
+    n, depth = 12, 3
+    toks = torch.randint(0, 64, (2, n), generator=g)
+    feats = torch.randn(2, n, 48, generator=g)
+    preds = head.forward_train_unrolled(toks, feats, depth)
+    assert len(preds) == depth
+    torch.testing.assert_close(preds[0], head.forward_train(toks, feats))
+    for b in range(2):
+        for i in range(n - depth + 1):
+            chain_toks, chain_feats = list(toks[b, :i + 1]), list(feats[b, :i + 1])
+            for d in range(1, depth):
+                chain_toks.append(toks[b, i + d])
+                chain_feats.append(preds[d - 1][b, i])
+                want = head.forward_train(torch.stack(chain_toks)[None],
+                                          torch.stack(chain_feats)[None])[0, -1]
+                torch.testing.assert_close(preds[d][b, i], want, atol=1e-5, rtol=1e-5)
+
+
 def test_save_load_round_trip(target, tmp_path):
     head = random_head(target, seed=2, draft_vocab=torch.tensor([0, 5, 7, 63]))
     path = tmp_path / "head.safetensors"

@@ -85,6 +85,23 @@ def test_training_lowers_the_loss(target, sequences, tmp_path):
     assert summary["heldout"]["loss"] < 0.95 * before_held["loss"]
 
 
+def test_unrolled_training_lowers_the_later_steps_loss(target, sequences, tmp_path):
+    """With ``unroll=2`` the loss counts the second drafting step too, and training on it
+    lowers the held-out loss of both steps; evaluate reports top-1 per step."""
+    train_seqs, held = split(sequences, 0.2, 0)
+    head = EagleHead.for_target(target, seed=0)
+    cfg = small_config(unroll=2)
+    one_step = evaluate(head, held, small_config(), torch.float32)
+    before = evaluate(head, held, cfg, torch.float32)
+    assert before["loss"] > one_step["loss"]  # the second step's loss is added
+    assert len(before["top1_steps"]) == 2 and "top1_steps" not in one_step
+    train(head, train_seqs, held, cfg, tmp_path / "ck.safetensors", progress=False,
+          log=lambda *_: None)
+    after = evaluate(head, held, cfg, torch.float32)
+    assert after["loss"] < 0.95 * before["loss"]
+    assert after["top1_steps"][1] > before["top1_steps"][1]
+
+
 def test_resumed_run_continues_from_its_checkpoint(target, sequences, tmp_path):
     train_seqs, held = split(sequences, 0.2, 0)
     cfg = small_config(epochs=2)

@@ -111,6 +111,15 @@ def embedding_fingerprint(target) -> float:
     return float(rows.detach().double().abs().sum())
 
 
+def unrolled_mask(length: int, step: int, device=None) -> torch.Tensor:
+    """Bool [L, (step+1)*L]: at unrolled step ``step``, row i sees true pairs 0..i and its own
+    rows of steps 1..step (see ``EagleHead.forward_train_unrolled``)."""
+    idx = torch.arange(length, device=device)
+    causal = idx[None, :] <= idx[:, None]
+    own = torch.eye(length, dtype=torch.bool, device=device)
+    return torch.cat([causal] + [own] * step, dim=1)
+
+
 class EagleHead(nn.Module):
     """The trainable part (fc, attention, post-attention norm, MLP) plus the bound target
     tensors (embedding [V, H], LM-head rows [Nd, H]) that are never trained or saved."""
@@ -283,19 +292,53 @@ class EagleHead(nn.Module):
         Returns:
             predicted features [B, L, H] (row i predicts f_{i+1}).
         """
+        return self.forward_train_unrolled(tokens, features, 1)[0]
+
+    def forward_train_unrolled(self, tokens: torch.Tensor, features: torch.Tensor,
+                               depth: int) -> list[torch.Tensor]:
+        """``depth`` drafting steps per position, each on the head's own previous prediction,
+        as inference drafts a chain (training-time test).
+
+        Step 0 is ``forward_train``. At step d >= 1, row i continues the chain started at pair
+        i: its input is step d-1's prediction of row i with token t_{i+d+1} (teacher forced),
+        at position i + d, attending to the true pairs 0..i and to its own steps 1..d, which
+        is what the head's cache holds when it drafts token d+1 after pair i.
+
+        Args:
+            tokens: int64 [B, L], token t_{i+1} of pair i (padding: any id).
+            features: [B, L, H], feature f_i of pair i.
+            depth: steps (>= 1).
+
+        Returns:
+            ``depth`` tensors [B, L, H]; entry d, row i predicts f_{i+1+d} (rows whose target
+            lies beyond the sequence are meaningless).
+        """
         b, length, hidden = features.shape
-        x = self.fuse(tokens, features).reshape(b * length, hidden)
-        positions = torch.arange(length).repeat(b)
-        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        q, k, v = self.self_attn.project(x, cos, sin)
         a = self.self_attn
-        q = q.view(b, length, a.num_heads, a.head_dim).transpose(1, 2)
-        k = k.view(b, length, a.num_kv_heads, a.head_dim).transpose(1, 2)
-        v = v.view(b, length, a.num_kv_heads, a.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=a.scale,
-                                             enable_gqa=a.num_heads != a.num_kv_heads)
-        out = out.transpose(1, 2).reshape(b * length, -1)
-        return self._finish(x, out).view(b, length, hidden)
+        gqa = a.num_heads != a.num_kv_heads
+        keys, values, preds = [], [], []
+        step_tokens, inputs = tokens, features
+        for d in range(depth):
+            x = self.fuse(step_tokens, inputs).reshape(b * length, hidden)
+            positions = (torch.arange(length) + d).repeat(b)
+            cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
+            q, k, v = a.project(x, cos, sin)
+            q = q.view(b, length, a.num_heads, a.head_dim).transpose(1, 2)
+            keys.append(k.view(b, length, a.num_kv_heads, a.head_dim).transpose(1, 2))
+            values.append(v.view(b, length, a.num_kv_heads, a.head_dim).transpose(1, 2))
+            if d == 0:
+                out = F.scaled_dot_product_attention(q, keys[0], values[0], is_causal=True,
+                                                     scale=a.scale, enable_gqa=gqa)
+            else:
+                out = F.scaled_dot_product_attention(
+                    q, torch.cat(keys, dim=2), torch.cat(values, dim=2),
+                    attn_mask=unrolled_mask(length, d, q.device), scale=a.scale,
+                    enable_gqa=gqa)
+            out = out.transpose(1, 2).reshape(b * length, -1)
+            preds.append(self._finish(x, out).view(b, length, hidden))
+            inputs = preds[-1]
+            step_tokens = F.pad(tokens[:, d + 1:], (0, d + 1))
+        return preds
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Draft logits float32 [..., Nd] (draft-vocabulary order) of predicted features."""

@@ -59,18 +59,33 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
     p.add_argument("--noise", type=float, default=TrainConfig.noise)
+    p.add_argument("--unroll", type=int, default=TrainConfig.unroll,
+                   help="drafting steps trained per position on the head's own predictions "
+                        "(1: EAGLE-1; 2-3: training-time test, for longer drafts)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this head file (its draft vocabulary is kept)")
     p.add_argument("--time-limit", type=float, default=None, help="training minutes at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="default", help="work folder name under "
                                                      "$ADAEAGLE_HOME/eagle_train")
     p.add_argument("--features-from", action="append", default=[],
                    help="also train on the cached features of another run (its --name; "
-                        "repeatable)")
+                        "repeatable); its prompts are not drawn again")
     p.add_argument("--extract-only", action="store_true",
                    help="stop after caching the features")
     p.add_argument("--out", default=None, help="head file (default: <work folder>/"
                                                "eagle_head.safetensors)")
     p.set_defaults(run=run)
+
+
+def prompts_of_runs(names: list[str]) -> set[tuple[int, ...]]:
+    """Token ids of every prompt the named runs already answered, so a new run draws others."""
+    taken = set()
+    for name in names:
+        path = adaeagle_home() / "eagle_train" / name / "chats.json"
+        if path.is_file():
+            taken.update(tuple(c.prompt) for c in load_chats(path))
+    return taken
 
 
 def argparse_bool():
@@ -97,11 +112,13 @@ def run(args) -> int:
     else:
         paths = args.data or [DEFAULT_DATA_ROOT / rel for rel, _ in PERMISSIVE_SOURCES]
         root = Path(paths[0]).parent if args.data else DEFAULT_DATA_ROOT
-        convs = training_mix(paths, args.conversations, args.seed,
+        taken = prompts_of_runs(args.features_from)
+        convs = training_mix(paths, args.conversations + len(taken), args.seed,
                              need_response=not args.distill,
                              exclude=evaluation_prompts(root if root.name == "train"
                                                         else DEFAULT_DATA_ROOT))
-        chats = tokenise(convs, tok, eos_ids[0], args.max_len)
+        chats = [c for c in tokenise(convs, tok, eos_ids[0], args.max_len)
+                 if tuple(c.prompt) not in taken][:args.conversations]
         if args.distill:
             t = time.perf_counter()
             chats = distill(model, chats, eos_ids,
@@ -143,14 +160,18 @@ def run(args) -> int:
               ", ".join(f"{k}: {v:.3f}" for k, v in coverage.items()))
         vocab = choose_draft_vocab(train_seqs, args.draft_vocab, V, eos_ids)
     torch.manual_seed(args.seed)
-    head = EagleHead.for_target(model, vocab, seed=args.seed)
+    if args.init_from:
+        head = EagleHead.load(args.init_from, target=model)  # keeps its draft vocabulary
+    else:
+        head = EagleHead.for_target(model, vocab, seed=args.seed)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
-                      noise=args.noise, seed=args.seed,
+                      noise=args.noise, seed=args.seed, unroll=args.unroll,
                       time_limit_s=None if args.time_limit is None else args.time_limit * 60)
     summary = train(head, train_seqs, held, cfg, work / "checkpoint.safetensors")
     command = "adaeagle train-head " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     summary.update(timings, sequences=len(seqs), tokens=n_tok, response_positions=n_resp,
                    heldout_sequences=len(held), draft_vocab=args.draft_vocab,
+                   unroll=args.unroll, init_from=args.init_from,
                    coverage=coverage, distill=args.distill, command=command,
                    wall_s=time.perf_counter() - t0,
                    sources=sorted({s for s in (args.data or [r for r, _ in PERMISSIVE_SOURCES])}))

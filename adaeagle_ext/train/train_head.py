@@ -38,6 +38,8 @@ class TrainConfig:
     batch_tokens: int = 4096  # padded tokens per batch
     w_reg: float = 1.0
     w_cls: float = 0.1
+    unroll: int = 1  # drafting steps trained per position (1: EAGLE-1; 2+: training-time test)
+    unroll_weight: float = 1.0  # loss weight of the unrolled steps after the first
     heldout_fraction: float = 0.05
     seed: int = 0
     checkpoint_every: int = 100  # steps
@@ -130,38 +132,66 @@ def collate(seqs: list[FeatureSequence], idx: list[int], dtype: torch.dtype):
     return tokens, inputs, targets, mask, amax
 
 
+def shifted(t: torch.Tensor, d: int, fill) -> torch.Tensor:
+    """``t`` [B, L, ...] moved d pairs left along L (row i holds row i + d), ``fill`` after."""
+    if d == 0:
+        return t
+    out = torch.full_like(t, fill)
+    out[:, :t.shape[1] - d] = t[:, d:]
+    return out
+
+
 def losses(head: EagleHead, tokens, inputs, targets, mask, cfg: TrainConfig, noise_scale=0.0):
-    """(total loss, regression loss, classification loss, top-1 hits, counted positions).
-    A hit: the head's best draft token equals the target's greedy token."""
+    """(total loss, regression loss, classification loss, logq, counted positions) of step 0,
+    plus per step [(logq, mask)] of every unrolled step (``cfg.unroll``); the total sums the
+    steps, later ones weighted by ``cfg.unroll_weight``. logq [count, draft V] holds the
+    head's log-probabilities at the counted positions."""
     if noise_scale > 0:
         inputs = inputs + (torch.rand_like(inputs) * 2 - 1) * noise_scale
-    pred = head.forward_train(tokens, inputs)
-    m = mask.float()
-    count = m.sum().clamp(min=1)
-    reg = (F.smooth_l1_loss(pred.float(), targets.float(), reduction="none").mean(-1) * m).sum()
+    preds = head.forward_train_unrolled(tokens, inputs, cfg.unroll)
     w = head.head_weight.float()
-    with torch.no_grad():
-        p = torch.softmax(targets[mask].float() @ w.T, dim=-1)
-    logq = torch.log_softmax(pred[mask].float() @ w.T, dim=-1)
-    cls = -(p * logq).sum(-1).sum()
-    total = (cfg.w_reg * reg + cfg.w_cls * cls) / count
-    return total, reg / count, cls / count, logq, count
+    total, steps = 0.0, []
+    for d, pred in enumerate(preds):
+        m_d = shifted(mask, d, False)
+        t_d = shifted(targets, d, 0.0)
+        m = m_d.float()
+        count = m.sum().clamp(min=1)
+        reg = (F.smooth_l1_loss(pred.float(), t_d.float(), reduction="none").mean(-1) * m).sum()
+        with torch.no_grad():
+            p = torch.softmax(t_d[m_d].float() @ w.T, dim=-1)
+        logq = torch.log_softmax(pred[m_d].float() @ w.T, dim=-1)
+        cls = -(p * logq).sum(-1).sum()
+        weight = 1.0 if d == 0 else cfg.unroll_weight
+        total = total + weight * (cfg.w_reg * reg + cfg.w_cls * cls) / count
+        steps.append((logq, m_d))
+        if d == 0:
+            first = (reg / count, cls / count, logq, count)
+    return (total, *first, steps)
 
 
 @torch.no_grad()
 def evaluate(head: EagleHead, seqs, cfg: TrainConfig, dtype) -> dict:
-    """Held-out mean loss and top-1 (head argmax == target greedy token), response positions."""
+    """Held-out mean loss and top-1 (head argmax == target greedy token), response positions;
+    with ``cfg.unroll`` > 1 also ``top1_steps``: top-1 at each unrolled step (step d drafts
+    token d+1 of a chain from the head's own features, teacher-forced tokens)."""
     if not seqs:
         return {"loss": float("nan"), "top1": float("nan"), "positions": 0}
-    tot = hits = n = 0.0
+    tot = n = 0.0
+    hits = [0.0] * cfg.unroll
+    counts = [0.0] * cfg.unroll
     for idx in batches(seqs, cfg.batch_tokens, None):
         tokens, inputs, targets, mask, amax = collate(seqs, idx, dtype)
-        loss, _, _, logq, count = losses(head, tokens, inputs, targets, mask, cfg)
+        loss, _, _, _, count, steps = losses(head, tokens, inputs, targets, mask, cfg)
         tot += float(loss) * float(count)
         n += float(count)
-        best = head.to_target_ids(logq.argmax(-1))
-        hits += float((best == amax[mask]).sum())
-    return {"loss": tot / max(n, 1), "top1": hits / max(n, 1), "positions": int(n)}
+        for d, (logq, m_d) in enumerate(steps):
+            best = head.to_target_ids(logq.argmax(-1))
+            hits[d] += float((best == shifted(amax, d, -1)[m_d]).sum())
+            counts[d] += float(m_d.sum())
+    out = {"loss": tot / max(n, 1), "top1": hits[0] / max(counts[0], 1), "positions": int(n)}
+    if cfg.unroll > 1:
+        out["top1_steps"] = [h / max(c, 1) for h, c in zip(hits, counts, strict=True)]
+    return out
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -230,8 +260,8 @@ def train(head: EagleHead, train_seqs, held_seqs, cfg: TrainConfig, checkpoint: 
             tokens, inputs, targets, mask, _ = collate(train_seqs, idx, dtype)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
-            loss, reg, cls, _, count = losses(head, tokens, inputs, targets, mask, cfg,
-                                              noise_scale)
+            loss, reg, cls, _, count, _ = losses(head, tokens, inputs, targets, mask, cfg,
+                                                 noise_scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
