@@ -66,6 +66,9 @@ def blocks(results: Path) -> str:
     """All blocks as one markdown text; ``results``: results.json or its directory."""
     path = results / "results.json" if results.is_dir() else results
     data = json.loads(path.read_text())
+    if not path.resolve().is_relative_to(REPO):
+        print(f"note: {path.parent} is outside the repository; the image links will not resolve "
+              "from the READMEs", file=sys.stderr)
     out = []
     command = data.get("settings", {}).get("command")
     if command:

@@ -1,4 +1,4 @@
-"""Write a BenchRun: results.json, results.md, outputs.jsonl and matplotlib PNGs."""
+"""Write a BenchRun: results.json, results.md, outputs.jsonl and the PNGs (``plots.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 
+from adaeagle_ext.bench.histograms import (
+    accept_hists,
+    ldlp_methods,
+    oracle_methods,
+    predicted_hists,
+)
 from adaeagle_ext.bench.metrics import OVERALL
+from adaeagle_ext.bench.plots import write_plots
 from adaeagle_ext.bench.runner import BenchRun
 
 
@@ -96,33 +103,6 @@ def markdown(run: BenchRun, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ldlp_methods(run: BenchRun) -> list[str]:
-    """The methods whose turns carry LDLP predictions (adaeagle, adaeagle-ddd, adaeagle-tree)."""
-    return [m for m in run.methods if run.summaries[m][OVERALL].ldlp is not None]
-
-
-def oracle_methods(run: BenchRun) -> list[str]:
-    return [m for m in run.methods if m.partition(":")[0] == "oracle"
-            and run.summaries[m][OVERALL].draft_hist]
-
-
-def accept_hists(run: BenchRun) -> dict[str, dict[int, int]]:
-    """{method: overall accepted-length histogram} for the methods that record one."""
-    return {m: run.summaries[m][OVERALL].accept_hist for m in run.methods
-            if run.summaries[m][OVERALL].accept_hist}
-
-
-def predicted_hists(run: BenchRun) -> dict[str, dict[int, int]]:
-    """{label: histogram}: each LDLP method's predicted lengths, then each oracle run's draft
-    lengths (the ideal label on its own trajectory)."""
-    out = {f"{m} (predicted)": run.summaries[m][OVERALL].ldlp["predicted_hist"]
-           for m in ldlp_methods(run)}
-    if out:
-        out.update({f"{m} (ideal)": run.summaries[m][OVERALL].draft_hist
-                    for m in oracle_methods(run)})
-    return out
-
-
 def _hist_table(hists: dict[str, dict[int, int]], label: str) -> list[str]:
     """Markdown rows: one per histogram, a column per value seen, cells = share of steps."""
     keys = sorted({k for h in hists.values() for k in h})
@@ -160,8 +140,9 @@ def _ldlp_markdown(run: BenchRun) -> list[str]:
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     oracle = oracle_methods(run)
     note = (" next to the oracle's draft lengths (the ideal label: what the target accepts, "
-            "capped at its k_max; a different trajectory, so compare the distributions, not "
-            "steps)" if oracle else " (add `oracle` to the methods for the ideal lengths)")
+            "capped at its k_max and the tokens left; a different trajectory, so compare the "
+            "distributions, not steps)" if oracle else
+            " (add `oracle` to the methods for the ideal lengths)")
     lines += ["", f"Predicted draft lengths (overall; share of steps){note}:", "",
               *_hist_table(predicted_hists(run), "method")]
     return lines
@@ -193,86 +174,8 @@ def write_report(run: BenchRun, out_dir: str | Path, extra: dict | None = None) 
                 f.write(json.dumps(row) + "\n")
     md = markdown(run, info)
     try:
-        md += "\n" + "\n".join(f"![{p[:-4]}]({p})" for p in _plots(run, out)) + "\n"
+        md += "\n" + "\n".join(f"![{p[:-4]}]({p})" for p in write_plots(run, out)) + "\n"
     except ImportError:
         md += "\n(plots skipped: matplotlib is not installed)\n"
     (out / "results.md").write_text(md)
     return out / "results.md"
-
-
-def _grouped_bars(ax, run: BenchRun, methods, value, ylabel):
-    cols = [*run.tasks, OVERALL]
-    width = 0.8 / max(len(methods), 1)
-    for i, m in enumerate(methods):
-        per = run.summaries[m]
-        ys = [value(per[c]) if c in per and value(per[c]) is not None else 0 for c in cols]
-        ax.bar([j + i * width for j in range(len(cols))], ys, width, label=m)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=20)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-
-
-def _hist_bars(ax, hists: dict[str, dict[int, int]], xlabel: str, title: str):
-    """Side-by-side bars of each histogram, normalised to its share of steps."""
-    width = 0.8 / max(len(hists), 1)
-    for i, (label, h) in enumerate(hists.items()):
-        total = sum(h.values())
-        ks = sorted(h)
-        ax.bar([k + i * width for k in ks], [h[k] / total for k in ks], width, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("fraction of steps")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-
-
-def _time_split(ax, run: BenchRun):
-    timed = [m for m in run.methods if run.summaries[m][OVERALL].draft_frac is not None]
-    d = [run.summaries[m][OVERALL].draft_frac for m in timed]
-    v = [run.summaries[m][OVERALL].verify_frac for m in timed]
-    ax.bar(timed, d, label="draft")
-    ax.bar(timed, v, bottom=d, label="verify (target forward + accept)")
-    done = [a + b for a, b in zip(d, v, strict=True)]
-    ax.bar(timed, [1 - x for x in done], bottom=done, label="other (prefill, loop)")
-    ax.set_ylabel("share of wall time")
-    ax.set_title("Draft / verify time split")
-    ax.legend(fontsize=8)
-
-
-def _plots(run: BenchRun, out: Path) -> list[str]:
-    """Write the PNGs; returns their file names in the order results.md shows them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dtype = run.settings.get("dtype", "")
-    draft = {m: run.summaries[m][OVERALL].draft_hist for m in run.methods
-             if run.summaries[m][OVERALL].draft_hist}
-
-    def speedup(ax):
-        _grouped_bars(ax, run, run.methods, lambda s: s.speedup, "speedup over ar")
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_title(f"Speedup per task ({dtype})")
-
-    def tau(ax):
-        _grouped_bars(ax, run, run.methods, lambda s: s.tau, "τ (tokens / target forward)")
-        ax.set_title(f"Mean accepted tokens per step ({dtype})")
-
-    plots = [("speedup.png", (9, 4), speedup), ("tau.png", (9, 4), tau)]
-    for name, hists, xlabel, title in [
-            ("draft_hist.png", draft, "draft tokens per step", "Draft-length histogram"),
-            ("accept_hist.png", accept_hists(run), "tokens accepted per step (bonus included)",
-             "Accepted-length histogram"),
-            ("predicted_hist.png", predicted_hists(run), "draft length",
-             "LDLP predicted lengths" + (" vs the oracle's" if oracle_methods(run) else ""))]:
-        if hists:
-            plots.append((name, (7, 4), lambda ax, h=hists, x=xlabel, t=title:
-                          _hist_bars(ax, h, x, t)))
-    plots.append(("time_split.png", (7, 4), lambda ax: _time_split(ax, run)))
-    for name, size, draw in plots:
-        fig, ax = plt.subplots(figsize=size)
-        draw(ax)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-    return [name for name, *_ in plots]
