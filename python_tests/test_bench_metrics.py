@@ -1,4 +1,5 @@
-"""Spec-Bench arithmetic on a hand-made trace (literal expected numbers) and divergence finding."""
+"""Spec-Bench arithmetic and the LDLP's error on hand-made traces (literal expected numbers),
+and divergence finding."""
 
 import pytest
 
@@ -6,8 +7,10 @@ from adaeagle_ext.bench.losslessness import find_divergence, first_difference
 from adaeagle_ext.bench.metrics import OVERALL, QuestionResult, TurnResult, summarize_all
 
 
-def turn(n, wall, steps=None, step_tokens=None, drafts=None, draft_s=None, verify_s=None):
-    return TurnResult([1, 2], list(range(n)), wall, steps, step_tokens, drafts, draft_s, verify_s)
+def turn(n, wall, steps=None, step_tokens=None, drafts=None, draft_s=None, verify_s=None,
+         accepted=None, predicted=None):
+    return TurnResult([1, 2], list(range(n)), wall, steps, step_tokens, drafts, draft_s, verify_s,
+                      accepted, predicted)
 
 
 # ar: q1 (task A) 10 tokens / 2 s = 5 tok/s; q2 (task B, two turns) 12 tokens / 3 s = 4 tok/s.
@@ -44,6 +47,52 @@ def test_spec_bench_arithmetic_on_a_hand_made_trace():
     # unknown quantities stay unknown rather than becoming zeros
     assert ar[OVERALL].draft_per_step is None and ar[OVERALL].draft_frac is None
     assert ar[OVERALL].draft_hist == {}
+
+
+def ldlp_turn(accepted, predicted):
+    return turn(1 + sum(accepted), 1.0, len(accepted), sum(accepted), list(predicted), 0.1, 0.5,
+                accepted, predicted)
+
+
+# An LDLP method (drafts may run past the prediction, as in adaeagle-ddd). Per step, predicted
+# minus accepted drafts (accepted tokens - 1): q1 [2-2, 0-0, 3-1] = [0, 0, 2];
+# q2 [1-0, 1-3] and [0-1] = [1, -2, -1].
+L = [QuestionResult("l", "1", "A", [ldlp_turn([3, 1, 2], [2, 0, 3])]),
+     QuestionResult("l", "2", "B", [ldlp_turn([1, 4], [1, 1]), ldlp_turn([2], [0])])]
+
+
+def test_ldlp_error_and_histograms_on_a_hand_made_trace():
+    s = summarize_all({"ar": AR, "m": M, "l": L}, ["A", "B"])
+    o, a, b = s["l"][OVERALL].ldlp, s["l"]["A"].ldlp, s["l"]["B"].ldlp
+    assert o["steps"] == 6
+    assert o["mae"] == pytest.approx(1.0) and o["bias"] == pytest.approx(0.0)
+    assert (o["under"], o["exact"], o["over"]) == pytest.approx((2 / 6, 2 / 6, 2 / 6))
+    assert o["mean_predicted"] == pytest.approx(7 / 6)
+    assert o["mean_accepted_drafts"] == pytest.approx(7 / 6)
+    assert o["predicted_hist"] == {0: 2, 1: 2, 2: 1, 3: 1}
+    assert (a["steps"], b["steps"]) == (3, 3)
+    assert a["mae"] == pytest.approx(2 / 3) and a["bias"] == pytest.approx(2 / 3)
+    assert (a["under"], a["exact"], a["over"]) == pytest.approx((0, 2 / 3, 1 / 3))
+    assert b["mae"] == pytest.approx(4 / 3) and b["bias"] == pytest.approx(-2 / 3)
+    assert (b["under"], b["exact"], b["over"]) == pytest.approx((2 / 3, 0, 1 / 3))
+    assert b["predicted_hist"] == {0: 1, 1: 2}
+    assert s["l"][OVERALL].accept_hist == {1: 2, 2: 2, 3: 1, 4: 1}
+    assert s["l"]["A"].accept_hist == {1: 1, 2: 1, 3: 1}
+    assert s["l"][OVERALL].tau == pytest.approx(13 / 6)
+    # methods without predictions or per-step lists have none (not zeros)
+    assert s["m"][OVERALL].ldlp is None and s["ar"][OVERALL].ldlp is None
+    assert s["m"][OVERALL].accept_hist == {}
+    d = s["l"][OVERALL].as_dict()
+    assert d["accept_hist"] == {"1": 2, "2": 2, "3": 1, "4": 1}
+    assert d["ldlp"]["predicted_hist"] == {"0": 2, "1": 2, "2": 1, "3": 1}
+    assert s["l"][OVERALL].ldlp["predicted_hist"] == {0: 2, 1: 2, 2: 1, 3: 1}  # not mutated
+
+
+def test_ldlp_error_needs_aligned_lists():
+    bad = [QuestionResult("l", "1", "A", [turn(4, 1.0, 2, 3, [1, 1], accepted=[2, 1],
+                                              predicted=[1])])]
+    with pytest.raises(ValueError, match="1 predictions for 2 steps"):
+        summarize_all({"l": bad}, ["A"])
 
 
 def test_speedup_needs_the_same_questions():

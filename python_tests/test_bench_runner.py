@@ -162,3 +162,139 @@ def test_cli_rejects_unknown_method(capsys):
 
     assert main(["bench", "--methods", "ar,chain-of-thought", "--no-progress"]) == 2
     assert "peers: hf, hf-pld" in capsys.readouterr().err
+
+
+# --- LDLP methods: predictions per step, their error, the histograms, readme_tables ----------
+
+LDLP_METHODS = ["adaeagle", "adaeagle-ddd", "adaeagle-tree"]
+LDLP_NEW = 14
+
+
+@pytest.fixture(scope="module")
+def ldlp_run():
+    """ar, the three LDLP methods and oracle on a vocab-8 target (random head, an LDLP whose
+    predictions spread over 0..4, hand-made step costs for adaeagle-tree)."""
+    from eagle_fixtures import random_head, tiny_target
+    from ldlp_fixtures import spread_ldlp
+
+    from adaeagle_ext.bench.runner import RuntimeMethod
+    from adaeagle_ext.spec.adaeagle import AdaEagle, AdaEagleDdd
+    from adaeagle_ext.spec.adaeagle_tree import AdaEagleTree
+    from adaeagle_ext.spec.oracle import OracleChain
+    from adaeagle_ext.spec.step_costs import StepCosts
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = tiny_target(seed=4)
+    head, ldlp = random_head(model, seed=4), spread_ldlp(model, seed=4, k_max=4)
+    costs = StepCosts((1, 4, 8, 64), (0.010, 0.011, 0.014, 0.060), (1, 8, 64),
+                      (0.002, 0.003, 0.010))
+    strategies = {"ar": "ar", "adaeagle": AdaEagle(head=head, ldlp=ldlp),
+                  "adaeagle-ddd": AdaEagleDdd(head=head, ldlp=ldlp),
+                  "adaeagle-tree": AdaEagleTree(head=head, ldlp=ldlp, top_k=2, costs=costs),
+                  "oracle": OracleChain(head=head, k_max=4)}
+    tok = FakeTokenizer()
+    target = Target(model, lambda m: [i % 8 for i in tok.encode_chat(m)], tok.decode, [])
+    run = run_bench(target, QUESTIONS, list(strategies), max_new_tokens=LDLP_NEW, warmup=1,
+                    progress=False,
+                    runners={m: RuntimeMethod(model, s) for m, s in strategies.items()})
+    run.settings["dtype"] = "float32"
+    yield run
+    torch.set_num_threads(n)
+
+
+def test_predictions_are_recorded_per_step_and_aligned(ldlp_run):
+    assert ldlp_run.methods == ["ar", *LDLP_METHODS, "oracle"]
+    assert all(r["identical"] == 3 for r in ldlp_run.lossless.values())
+    for m in ldlp_run.methods:
+        for q in ldlp_run.results[m]:
+            for t in q.turns:
+                assert len(t.accepted) == t.steps and sum(t.accepted) == t.step_tokens
+                assert (t.predicted is not None) == (m in LDLP_METHODS)
+                if t.predicted is not None:
+                    # one prediction per step of this turn only (reset by every generate call)
+                    assert len(t.predicted) == t.steps
+                    assert all(0 <= k <= 4 for k in t.predicted)
+                    assert all(a - 1 <= k or m == "adaeagle-ddd"
+                               for a, k in zip(t.accepted, t.predicted, strict=True))
+    # adaeagle drafts exactly the prediction of its step, capped near max_new_tokens: a list
+    # shifted by one step or carried over from another turn would not match
+    ks = set()
+    for q in ldlp_run.results["adaeagle"]:
+        for t in q.turns:
+            out, caps = 1, []
+            for a in t.accepted:
+                caps.append(max(0, LDLP_NEW - out - 1))
+                out += a
+            assert t.draft_tokens == [min(k, c) for k, c in zip(t.predicted, caps, strict=True)]
+            ks.update(t.predicted)
+    assert len(ks) >= 3, "the LDLP should predict several lengths"
+
+
+def test_ldlp_error_and_histograms_in_the_summaries(ldlp_run):
+    s = ldlp_run.summaries
+    for m in ["ar", "oracle"]:
+        assert s[m][OVERALL].ldlp is None
+    assert s["ar"][OVERALL].accept_hist == {1: s["ar"][OVERALL].accept_hist[1]}
+    for m in LDLP_METHODS:
+        o = s[m][OVERALL]
+        turns = [t for q in ldlp_run.results[m] for t in q.turns]
+        steps = sum(t.steps for t in turns)
+        assert o.ldlp["steps"] == steps == sum(o.accept_hist.values())
+        assert sum(o.ldlp["predicted_hist"].values()) == steps
+        assert o.ldlp["under"] + o.ldlp["exact"] + o.ldlp["over"] == pytest.approx(1.0)
+        assert sum(k * c for k, c in o.accept_hist.items()) / steps == pytest.approx(o.tau)
+        assert sum(s[m][task].ldlp["steps"] for task in ldlp_run.tasks) == steps
+        if m != "adaeagle-ddd":  # never more drafts accepted than predicted
+            assert o.ldlp["under"] == 0.0
+
+
+def test_report_with_ldlp_methods_and_readme_tables(ldlp_run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    md = write_report(ldlp_run, tmp_path).read_text()
+    data = json.loads((tmp_path / "results.json").read_text())
+    e = data["summaries"]["adaeagle"]["overall"]["ldlp"]
+    assert e["steps"] == sum(int(c) for c in e["predicted_hist"].values())
+    assert data["summaries"]["oracle"]["overall"]["ldlp"] is None
+    assert data["summaries"]["ar"]["overall"]["accept_hist"].keys() == {"1"}
+    error_table = md.split("LDLP prediction error")[1].split("LDLP MAE")[0]
+    assert "| method | steps | MAE | bias | under | exact | over |" in error_table
+    hists = md.split("Predicted draft lengths")[1]
+    for m in LDLP_METHODS:
+        steps = data["summaries"][m]["overall"]["ldlp"]["steps"]
+        assert f"\n| {m} | {steps} | " in error_table
+        assert f"| {m} (predicted) |" in hists
+    assert "| oracle (ideal) |" in hists
+    assert "Accepted tokens per step" in md
+    rows = [json.loads(ln) for ln in (tmp_path / "outputs.jsonl").read_text().splitlines()]
+    ada = next(r for r in rows if r["method"] == "adaeagle")
+    assert [len(p) for p in ada["predicted"]] == [len(a) for a in ada["accepted"]]
+    assert "predicted" not in next(r for r in rows if r["method"] == "oracle")
+
+    spec = importlib.util.spec_from_file_location(
+        "readme_tables", Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py")
+    readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme)
+    text = readme.blocks(tmp_path)
+    assert "| adaeagle-tree | " in text and "| ar | 1.00 | " in text
+    assert "| oracle | " in text and " | 3/3 |" in text
+    assert text.count("| adaeagle-ddd | ") == 2  # overall and LDLP tables
+    pytest.importorskip("matplotlib")
+    for name in ["accept_hist.png", "predicted_hist.png"]:
+        assert (tmp_path / name).stat().st_size > 1000
+        assert f"({name})" in md
+    assert "/accept_hist.png)" in text and "/predicted_hist.png)" in text
+
+
+def test_paper_table_methods_keep_their_order():
+    from adaeagle_ext.spec.strategy import make_strategy
+
+    names = ("ar,chain:2,chain:3,chain:4,chain:5,chain:6,ddd,maxconf,adaeagle,adaeagle-ddd,"
+             "eagle2,adaeagle-tree,oracle")
+    got = resolve_methods(names)
+    assert got == names.split(",")
+    assert resolve_methods("oracle,chain:3,ar,chain:3") == ["ar", "oracle", "chain:3"]
+    assert [make_strategy(m).name for m in got][-4:] == ["adaeagle-ddd", "eagle2",
+                                                         "adaeagle-tree", "oracle"]

@@ -1,4 +1,4 @@
-"""Write a BenchRun: results.json, results.md, outputs.jsonl and matplotlib PNGs."""
+"""Write a BenchRun: results.json, results.md, outputs.jsonl and the PNGs (``plots.py``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ from pathlib import Path
 
 import torch
 
+from adaeagle_ext.bench.histograms import (
+    accept_hists,
+    ldlp_methods,
+    oracle_methods,
+    predicted_hists,
+)
 from adaeagle_ext.bench.metrics import OVERALL
+from adaeagle_ext.bench.plots import write_plots
 from adaeagle_ext.bench.runner import BenchRun
-
-PLOTS = ("speedup.png", "tau.png", "draft_hist.png", "time_split.png")
 
 
 def machine_info() -> dict:
@@ -80,6 +85,11 @@ def markdown(run: BenchRun, info: dict) -> str:
         o = run.summaries[m][OVERALL]
         lines.append(f"| {m} | {_fmt(o.draft_per_step)} | {_fmt(o.draft_frac, '.1%')} | "
                      f"{_fmt(o.verify_frac, '.1%')} |")
+    accept = accept_hists(run)
+    if accept:
+        lines += ["", "Accepted tokens per step (overall; share of steps, bonus token included):",
+                  "", *_hist_table(accept, "method")]
+    lines += _ldlp_markdown(run)
     if run.lossless is not None:
         lines += ["", "Losslessness at T=0 (output token-identical to `ar`; first divergence "
                   "with the target's top-2 logit gap there):", "",
@@ -91,6 +101,51 @@ def markdown(run: BenchRun, info: dict) -> str:
             lines.append(f"| {m} | {r['identical']}/{r['total']} ({r['rate']:.0%}) | "
                          f"{divs or '–'} |")
     return "\n".join(lines) + "\n"
+
+
+def _hist_table(hists: dict[str, dict[int, int]], label: str) -> list[str]:
+    """Markdown rows: one per histogram, a column per value seen, cells = share of steps."""
+    keys = sorted({k for h in hists.values() for k in h})
+    lines = [f"| {label} | " + " | ".join(str(k) for k in keys) + " | steps |",
+             "|---" + "|---:" * (len(keys) + 1) + "|"]
+    for name, h in hists.items():
+        total = sum(h.values())
+        cells = [_fmt(h.get(k, 0) / total if total else None, ".1%") for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {total} |")
+    return lines
+
+
+def _ldlp_markdown(run: BenchRun) -> list[str]:
+    methods = ldlp_methods(run)
+    if not methods:
+        return []
+    cols = [*run.tasks, OVERALL]
+    lines = ["", "LDLP prediction error (overall): per step, the predicted draft length against "
+             "the drafts accepted (accepted tokens − 1). `adaeagle` and `adaeagle-tree` never "
+             "accept more drafts than predicted, so under-prediction cannot show there (a fully "
+             "accepted step counts as exact); `adaeagle-ddd` can draft past the prediction.", "",
+             "| method | steps | MAE | bias | under | exact | over | mean predicted | "
+             "mean accepted drafts |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in methods:
+        e = run.summaries[m][OVERALL].ldlp
+        lines.append(f"| {m} | {e['steps']} | {e['mae']:.2f} | {e['bias']:+.2f} | "
+                     f"{e['under']:.1%} | {e['exact']:.1%} | {e['over']:.1%} | "
+                     f"{_fmt(e['mean_predicted'])} | {_fmt(e['mean_accepted_drafts'])} |")
+    lines += ["", "LDLP MAE (bias) per task:", "",
+              "| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in methods:
+        per = run.summaries[m]
+        cells = [f"{per[c].ldlp['mae']:.2f} ({per[c].ldlp['bias']:+.2f})"
+                 if c in per and per[c].ldlp and per[c].ldlp["steps"] else "–" for c in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    oracle = oracle_methods(run)
+    note = (" next to the oracle's draft lengths (the ideal label: what the target accepts, "
+            "capped at its k_max and the tokens left; a different trajectory, so compare the "
+            "distributions, not steps)" if oracle else
+            " (add `oracle` to the methods for the ideal lengths)")
+    lines += ["", f"Predicted draft lengths (overall; share of steps){note}:", "",
+              *_hist_table(predicted_hists(run), "method")]
+    return lines
 
 
 def write_report(run: BenchRun, out_dir: str | Path, extra: dict | None = None) -> Path:
@@ -111,81 +166,16 @@ def write_report(run: BenchRun, out_dir: str | Path, extra: dict | None = None) 
     with (out / "outputs.jsonl").open("w") as f:
         for m, qs in run.results.items():
             for q in qs:
-                f.write(json.dumps(dict(method=m, qid=q.qid, task=q.task,
-                                        turns=[t.token_ids for t in q.turns])) + "\n")
+                row = dict(method=m, qid=q.qid, task=q.task, turns=[t.token_ids for t in q.turns])
+                if all(t.accepted is not None for t in q.turns):
+                    row["accepted"] = [t.accepted for t in q.turns]
+                if all(t.predicted is not None for t in q.turns):
+                    row["predicted"] = [t.predicted for t in q.turns]
+                f.write(json.dumps(row) + "\n")
     md = markdown(run, info)
     try:
-        _plots(run, out)
-        md += "\n" + "\n".join(f"![{p[:-4]}]({p})" for p in PLOTS) + "\n"
+        md += "\n" + "\n".join(f"![{p[:-4]}]({p})" for p in write_plots(run, out)) + "\n"
     except ImportError:
         md += "\n(plots skipped: matplotlib is not installed)\n"
     (out / "results.md").write_text(md)
     return out / "results.md"
-
-
-def _grouped_bars(ax, run: BenchRun, methods, value, ylabel):
-    cols = [*run.tasks, OVERALL]
-    width = 0.8 / max(len(methods), 1)
-    for i, m in enumerate(methods):
-        per = run.summaries[m]
-        ys = [value(per[c]) if c in per and value(per[c]) is not None else 0 for c in cols]
-        ax.bar([j + i * width for j in range(len(cols))], ys, width, label=m)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=20)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-
-
-def _plots(run: BenchRun, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    dtype = run.settings.get("dtype", "")
-    fig, ax = plt.subplots(figsize=(9, 4))
-    _grouped_bars(ax, run, run.methods, lambda s: s.speedup, "speedup over ar")
-    ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_title(f"Speedup per task ({dtype})")
-    fig.tight_layout()
-    fig.savefig(out / "speedup.png", dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(9, 4))
-    _grouped_bars(ax, run, run.methods, lambda s: s.tau, "τ (tokens / target forward)")
-    ax.set_title(f"Mean accepted tokens per step ({dtype})")
-    fig.tight_layout()
-    fig.savefig(out / "tau.png", dpi=100)
-    plt.close(fig)
-
-    with_hist = [m for m in run.methods if run.summaries[m][OVERALL].draft_hist]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / max(len(with_hist), 1)
-    for i, m in enumerate(with_hist):
-        h = run.summaries[m][OVERALL].draft_hist
-        total = sum(h.values())
-        ks = sorted(h)
-        ax.bar([k + i * width for k in ks], [h[k] / total for k in ks], width, label=m)
-    ax.set_xlabel("draft tokens per step")
-    ax.set_ylabel("fraction of steps")
-    ax.set_title("Draft-length histogram")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "draft_hist.png", dpi=100)
-    plt.close(fig)
-
-    timed = [m for m in run.methods if run.summaries[m][OVERALL].draft_frac is not None]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    d = [run.summaries[m][OVERALL].draft_frac for m in timed]
-    v = [run.summaries[m][OVERALL].verify_frac for m in timed]
-    rest = [1 - a - b for a, b in zip(d, v, strict=True)]
-    ax.bar(timed, d, label="draft")
-    ax.bar(timed, v, bottom=d, label="verify (target forward + accept)")
-    done = [a + b for a, b in zip(d, v, strict=True)]
-    ax.bar(timed, rest, bottom=done, label="other (prefill, loop)")
-    ax.set_ylabel("share of wall time")
-    ax.set_title("Draft / verify time split")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "time_split.png", dpi=100)
-    plt.close(fig)
-

@@ -24,7 +24,7 @@ from adaeagle_ext.bench.prompts import Question, ordered_tasks
 from adaeagle_ext.models.llama import LlamaForCausalLM
 from adaeagle_ext.spec.generate import generate_ids
 from adaeagle_ext.spec.sampling import SamplingParams
-from adaeagle_ext.spec.strategy import available_methods, make_strategy
+from adaeagle_ext.spec.strategy import Strategy, available_methods, make_strategy
 
 WARMUP_TOKENS = 16
 
@@ -55,9 +55,14 @@ class Target:
 
 
 class RuntimeMethod:
-    """A registered strategy on this project's runtime (built once, outside the timing)."""
+    """A registered strategy on this project's runtime (built once, outside the timing).
 
-    def __init__(self, model: LlamaForCausalLM, method: str):
+    method: a name (``"chain:3"``) or a built Strategy. Strategies with an LDLP keep
+    ``predicted_lengths`` (reset by every generate call's ``setup``); each turn copies them
+    next to ``accepted_per_step``.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, method: str | Strategy):
         self.model = model
         self.strategy = make_strategy(method)
 
@@ -68,10 +73,17 @@ class RuntimeMethod:
                                   max_new_tokens=max_new_tokens, eos_ids=eos_ids,
                                   sampling=SamplingParams(temperature=temperature, seed=seed))
         wall = time.perf_counter() - t0
-        return TurnResult(list(prompt_ids), out.token_ids, wall, steps=len(st.accepted_per_step),
-                          step_tokens=int(sum(st.accepted_per_step)),
-                          draft_tokens=list(st.draft_tokens), draft_s=st.draft_s,
-                          verify_s=st.verify_s)
+        accepted = [int(a) for a in st.accepted_per_step]
+        predicted = getattr(self.strategy, "predicted_lengths", None)
+        if predicted is not None:
+            predicted = [int(k) for k in predicted]
+            if len(predicted) != len(accepted):
+                raise RuntimeError(f"{self.strategy.name} recorded {len(predicted)} predicted "
+                                   f"lengths for {len(accepted)} steps")
+        return TurnResult(list(prompt_ids), out.token_ids, wall, steps=len(accepted),
+                          step_tokens=sum(accepted), draft_tokens=list(st.draft_tokens),
+                          draft_s=st.draft_s, verify_s=st.verify_s, accepted=accepted,
+                          predicted=predicted)
 
 
 def resolve_methods(spec: str | Sequence[str]) -> list[str]:

@@ -16,6 +16,9 @@ Rule, per active request and step (k = the LDLP's prediction from the last verif
   request picks its budget as if alone.
 
 Verification is EAGLE-2's: greedy, or the top-k rule at T > 0 (drafting ignores temperature).
+
+For the report, ``predicted_lengths`` holds the LDLP's k behind every step of every request, in
+the order of ``GenerationStats.accepted_per_step`` (as in ``adaeagle``).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class AdaEagleTree(Eagle2):
         self.costs_arg = costs
         self.predictor: DraftLengthPredictor | None = None
         self.costs: StepCosts | None = None
+        self.predicted_lengths: list[int] = []
 
     def setup(self, model, batch: int) -> None:
         super().setup(model, batch)
@@ -78,6 +82,7 @@ class AdaEagleTree(Eagle2):
         self.predictor = DraftLengthPredictor(module, k_max, model, batch)
         self.costs = (self.costs_arg if self.costs_arg is not None
                       else step_costs(model, self.head))
+        self.predicted_lengths = []
 
     def observe_prefill(self, tokens, hidden, tree_indptr) -> None:
         super().observe_prefill(tokens, hidden, tree_indptr)
@@ -91,6 +96,7 @@ class AdaEagleTree(Eagle2):
 
     def propose(self, state: StepState) -> DraftTree:
         act = state.active.nonzero().flatten().tolist()
+        self.predicted_lengths.extend(self.predictor.lengths[b] for b in act)
         caps = [min(c, self.predictor.lengths[b])
                 for c, b in zip(depth_caps(state, act, self.depth), act, strict=True)]
         cands = self.expand(state, act, caps)
