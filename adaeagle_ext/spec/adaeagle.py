@@ -135,8 +135,8 @@ def prediction_error(predicted: list[int], accepted_per_step: list[float]) -> di
     Returns:
         {"steps", "mae", "bias" (mean predicted - accepted), "under", "exact", "over"
         (fractions)}. Under ``adaeagle`` a step accepts at most the predicted drafts, so
-        under-prediction is invisible there (a fully accepted step counts as exact): compare
-        with the ``oracle`` run's lengths for an unbiased error.
+        under-prediction is invisible there (a fully accepted step counts as exact);
+        ``adaeagle-ddd`` may draft past the prediction and shows it.
     """
     if len(predicted) != len(accepted_per_step):
         raise ValueError(f"{len(predicted)} predictions for {len(accepted_per_step)} steps")
