@@ -132,19 +132,27 @@ def run(args) -> int:
     if args.extract_only:
         print(f"features cached in {work / 'features'}")
         return 0
+    groups = [shards]
     for other in args.features_from:
         extra = sorted((adaeagle_home() / "eagle_train" / other / "features")
                        .glob("shard_*.safetensors"))
         if not extra:
             raise SystemExit(f"error: run {other!r} has no cached features")
-        shards = shards + extra
-    seqs, seen = [], set()
-    for s in load_shards(shards):  # runs may share a conversation: keep one copy
-        key = tuple(s.tokens.tolist())
-        if key not in seen:
-            seen.add(key)
-            seqs.append(s)
-    train_seqs, held = split(seqs, TrainConfig.heldout_fraction, args.seed)
+        groups.append(extra)
+    # Each run is split on its own, as it was when it trained alone, so that no earlier run's
+    # training sequence lands in the held-out set (a head started --init-from it saw them).
+    seqs, train_seqs, held, seen = [], [], [], set()
+    for group in groups:
+        mine = []
+        for s in load_shards(group):  # runs may share a conversation: keep one copy
+            key = tuple(s.tokens.tolist())
+            if key not in seen:
+                seen.add(key)
+                mine.append(s)
+        tr, he = split(mine, TrainConfig.heldout_fraction, args.seed)
+        seqs += mine
+        train_seqs += tr
+        held += he
     n_tok = sum(len(s.tokens) for s in seqs)
     n_resp = sum(int(s.loss_mask.sum()) for s in seqs)
     print(f"{len(seqs)} sequences, {n_tok} tokens ({n_resp} response positions); "
