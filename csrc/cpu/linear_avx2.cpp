@@ -33,7 +33,8 @@ namespace {
 
 constexpr int kChunk = 32;  // weights per step: one quant block, or 32 plain weights
 constexpr int kPrefetchTiles = 2;
-// Output rows handed to panel(): a multiple of every tile width (and of kRowsPerTask).
+// Output rows handed to panel(): a multiple of every tile width; kRowsPerTask (linear.cpp) is
+// a multiple of it, so a thread's rows are whole panels except at the end of N.
 constexpr int kPanel = 8;
 
 ADAEAGLE_AVX2_INLINE __m256 load_f16_scalar(const uint8_t* p) {
