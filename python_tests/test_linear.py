@@ -209,6 +209,27 @@ def test_scalar_and_avx2_agree_bitwise(ggml_type, act_quant, monkeypatch):
         assert torch.equal(bits(fast), bits(slow)), k
 
 
+@pytest.mark.parametrize("ggml_type", TYPES, ids=TYPE_IDS)
+@pytest.mark.parametrize("k", [576, 800], ids=["k576", "k800"])
+def test_every_batch_size_matches_single_rows(ggml_type, k, monkeypatch):
+    # Every M from 1 to 40 reaches every AVX2 tile shape and remainder (and, for plain types,
+    # K % 32 != 0 tails); K = 800 keeps F16 / BF16 off their fp32-copy path. 20 output rows:
+    # two panels of 8 and a tail of 4. Each row must equal the row computed alone and the
+    # scalar loop, to the bit.
+    plain = ggml_type in (ops.GGML_F32, ops.GGML_F16, ops.GGML_BF16)
+    if plain:
+        k += 11
+    gen = torch.Generator().manual_seed(3 + ggml_type)
+    w = packed(gen, 20, k, ggml_type)
+    x = torch.randn(40, k, generator=gen)
+    bias = torch.randn(20, generator=gen)
+    alone = torch.cat([run(x[i:i + 1].clone(), w, ggml_type, bias) for i in range(40)])
+    for m in range(1, 41):
+        assert torch.equal(bits(run(x[:m], w, ggml_type, bias)), bits(alone[:m])), m
+    monkeypatch.setenv("ADAEAGLE_LINEAR_ISA", "scalar")
+    assert torch.equal(bits(run(x, w, ggml_type, bias)), bits(alone))
+
+
 # ---- wrapper, PackedWeight, opcheck
 
 

@@ -35,16 +35,6 @@ LinearIsa pick_isa() {
 
 }  // namespace
 
-void store_output(const LinearArgs& a, int64_t m, int64_t n, float value) {
-  if (a.bias != nullptr) value += a.bias[n];
-  const int64_t at = m * a.n + n;
-  if (a.y_bf16) {
-    static_cast<c10::BFloat16*>(a.y)[at] = c10::BFloat16(value);
-  } else {
-    static_cast<float*>(a.y)[at] = value;
-  }
-}
-
 // The reference loop of the reduction order in linear.h, one output element at a time.
 void linear_rows_scalar(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
   for (int64_t n = n_begin; n < n_end; ++n) {

@@ -1,6 +1,8 @@
 // CPU entry point of linear (raw pointers; shapes as in adaeagle_ext/ops.py).
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 
 namespace adaeagle::cpu {
@@ -41,6 +43,14 @@ void linear_rows_avx2(const LinearArgs& a, int64_t n_begin, int64_t n_end);
 bool cpu_has_avx2_fma_f16c();
 
 // Adds the bias of column n to `value` and writes it to y[m, n] in y's dtype.
-void store_output(const LinearArgs& a, int64_t m, int64_t n, float value);
+inline void store_output(const LinearArgs& a, int64_t m, int64_t n, float value) {
+  if (a.bias != nullptr) value += a.bias[n];
+  const int64_t at = m * a.n + n;
+  if (a.y_bf16) {
+    static_cast<c10::BFloat16*>(a.y)[at] = c10::BFloat16(value);
+  } else {
+    static_cast<float*>(a.y)[at] = value;
+  }
+}
 
 }  // namespace adaeagle::cpu

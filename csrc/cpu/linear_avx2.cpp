@@ -5,6 +5,10 @@
 // rows x NT output rows loads each x group once for the NT outputs and dequantises each weight
 // group once for the MT rows; tiles change only which independent accumulators advance side by
 // side, never the arithmetic of one element.
+//
+// Zen 3 runs two 4-cycle FMAs per cycle, so a tile needs 8+ independent accumulators. The best
+// fp32 tile is 3 x 4 (12 accumulators, 3 x + 1 weight register, 7 loads per 12 FMAs); where the
+// weights are decoded in registers (F16, BF16, quantised) 4 x 2 decodes less per FMA.
 #include "cpu/linear.h"
 
 #include <c10/util/Exception.h>
@@ -29,6 +33,9 @@ namespace {
 
 constexpr int kChunk = 32;  // weights per step: one quant block, or 32 plain weights
 constexpr int kPrefetchTiles = 2;
+// Output rows handed to panel(): a multiple of every tile width; kRowsPerTask (linear.cpp) is
+// a multiple of it, so a thread's rows are whole panels except at the end of N.
+constexpr int kPanel = 8;
 
 ADAEAGLE_AVX2_INLINE __m256 load_f16_scalar(const uint8_t* p) {
   return _mm256_set1_ps(_cvtsh_ss(load_u16(p)));
@@ -137,6 +144,23 @@ ADAEAGLE_AVX2_INLINE float hsum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
+// hsum of v0 .. v3 at once: [hsum(v0), hsum(v1), hsum(v2), hsum(v3)], each with the same
+// additions, operands in the same order.
+ADAEAGLE_AVX2_INLINE __m128 hsum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+  // [v0 | v1], [v2 | v3]: lane l of each half holds a_l + a_{l+4}
+  const __m256 s01 = _mm256_add_ps(_mm256_permute2f128_ps(v0, v1, 0x20),
+                                   _mm256_permute2f128_ps(v0, v1, 0x31));
+  const __m256 s23 = _mm256_add_ps(_mm256_permute2f128_ps(v2, v3, 0x20),
+                                   _mm256_permute2f128_ps(v2, v3, 0x31));
+  // [s[0] + s[2], s[1] + s[3]] of v0, v2 in the low half, of v1, v3 in the high half
+  const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm256_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
+  // [h0, h2, h0, h2 | h1, h3, h1, h3]
+  const __m256 t = _mm256_add_ps(_mm256_shuffle_ps(r, r, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm256_shuffle_ps(r, r, _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm_unpacklo_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+}
+
 // Where a tile reads its NT weight rows: the packed rows themselves, or their dequantised
 // copy (as F32 rows, bit-identical values).
 struct RowSource {
@@ -162,8 +186,8 @@ ADAEAGLE_AVX2 void tile(const LinearArgs& a, const RowSource& src, int64_t m0, i
   const bool prefetch = src.prefetch && m0 == 0 && chunks > 0;
   const uintptr_t pf_begin = reinterpret_cast<uintptr_t>(rows[0]) +
                              kPrefetchTiles * NT * static_cast<uintptr_t>(src.row_bytes);
-  const uintptr_t pf_step = (NT * static_cast<uintptr_t>(src.row_bytes) + chunks - 1) /
-                            (chunks > 0 ? chunks : 1);
+  uintptr_t pf_step = 0;
+  if (prefetch) pf_step = (NT * static_cast<uintptr_t>(src.row_bytes) + chunks - 1) / chunks;
   for (int64_t c = 0; c < chunks; ++c) {
     if (prefetch) {
       const uintptr_t lo = pf_begin + c * pf_step, hi = lo + pf_step;
@@ -199,8 +223,15 @@ ADAEAGLE_AVX2 void tile(const LinearArgs& a, const RowSource& src, int64_t m0, i
       for (int m = 0; m < MT; ++m) acc[m][n] = _mm256_fmadd_ps(wv, xv[m], acc[m][n]);
     }
   }
+  constexpr int kOut = MT * NT;
+  alignas(16) float sums[(kOut + 3) / 4 * 4];
+  for (int i = 0; i + 4 <= kOut; i += 4) {
+    _mm_store_ps(sums + i, hsum4(acc[i / NT][i % NT], acc[(i + 1) / NT][(i + 1) % NT],
+                                 acc[(i + 2) / NT][(i + 2) % NT], acc[(i + 3) / NT][(i + 3) % NT]));
+  }
+  for (int i = kOut / 4 * 4; i < kOut; ++i) sums[i] = hsum(acc[i / NT][i % NT]);
   for (int m = 0; m < MT; ++m) {
-    for (int n = 0; n < NT; ++n) store_output(a, m0 + m, n0 + n, hsum(acc[m][n]));
+    for (int n = 0; n < NT; ++n) store_output(a, m0 + m, n0 + n, sums[m * NT + n]);
   }
 }
 
@@ -218,13 +249,17 @@ ADAEAGLE_AVX2 void all_rows(const LinearArgs& a, const RowSource& src, int64_t n
 }
 
 // Dequantises weight rows [n0, n0 + count) into dst [count, K] fp32 (the values the tiles
-// would decode in registers).
+// would decode in registers), prefetching the same rows two panels ahead.
 template <int Type>
 ADAEAGLE_AVX2 void dequantize_rows(const LinearArgs& a, int64_t n0, int count, float* dst) {
   const int64_t chunks = a.k / kChunk;
   for (int r = 0; r < count; ++r) {
     const uint8_t* row = a.w + (n0 + r) * a.row_bytes;
     float* out = dst + r * a.k;
+    const uintptr_t ahead = reinterpret_cast<uintptr_t>(row) + 2 * kPanel * a.row_bytes;
+    for (uintptr_t line = ahead & ~uintptr_t{63}; line < ahead + a.row_bytes; line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
+    }
     for (int64_t c = 0; c < chunks; ++c) {
       Chunk<Type> w;
       w.load(row, c);
@@ -234,42 +269,88 @@ ADAEAGLE_AVX2 void dequantize_rows(const LinearArgs& a, int64_t n0, int count, f
   }
 }
 
-// From this many rows on, each pair of quantised weight rows is dequantised once into an
-// L1-resident fp32 copy instead of once per 4-row tile.
-constexpr int64_t kDequantOnceRows = 8;
+// Outputs [0, M) x [n0, n0 + kPanel): MT input rows at a time against NT weight rows at a
+// time, so the MT x rows stay in L1 while the panel's rows (in L1/L2 after the first pass) go
+// by. The last M % MT rows take a tile as wide as the panel allows (1 x 8, 2 x 4, 3 x 4), so
+// that it still advances 8 or 12 accumulators side by side.
+template <int Type, int MT, int NT>
+ADAEAGLE_AVX2 void panel_rows(const LinearArgs& a, const RowSource& src, int64_t m0, int64_t n0) {
+  for (int p = 0; p < kPanel; p += NT) {
+    tile<Type, MT, NT>(a, RowSource{src.first + p * src.row_bytes, src.row_bytes, src.prefetch},
+                       m0, n0 + p);
+  }
+}
 
-// Tile shape by M: wide in N when there are few rows (more independent accumulators and x
-// reuse), tall in M otherwise (weight groups decoded once for 4 rows, or once for all rows).
+template <int Type, int MT, int NT>
+ADAEAGLE_AVX2 void panel(const LinearArgs& a, const RowSource& src, int64_t n0) {
+  static_assert(MT <= 4 && kPanel % NT == 0, "panel: remainders below assume MT <= 4");
+  int64_t m0 = 0;
+  for (; m0 + MT <= a.m; m0 += MT) panel_rows<Type, MT, NT>(a, src, m0, n0);
+  switch (a.m - m0) {
+    case 3: panel_rows<Type, 3, 4>(a, src, m0, n0); break;
+    case 2: panel_rows<Type, 2, 4>(a, src, m0, n0); break;
+    case 1: panel_rows<Type, 1, 8>(a, src, m0, n0); break;
+    default: break;
+  }
+}
+
+// Output rows [n0, n_end), fewer than a panel: pairs, then one.
+template <int Type>
+ADAEAGLE_AVX2 void panel_tail(const LinearArgs& a, const RowSource& src, int64_t n0,
+                              int64_t n_end) {
+  for (int64_t n = n0; n < n_end;) {
+    const RowSource at{src.first + (n - n0) * src.row_bytes, src.row_bytes, src.prefetch};
+    if (n + 2 <= n_end) {
+      all_rows<Type, 2>(a, at, n);
+      n += 2;
+    } else {
+      all_rows<Type, 1>(a, at, n);
+      n += 1;
+    }
+  }
+}
+
+// From this many rows on, each panel of quantised weight rows is dequantised once into an
+// fp32 copy (then run by the 3 x 4 fp32 tile) instead of being decoded once per row tile.
+constexpr int64_t kDequantOnceRows = 5;
+// F16 / BF16 decode in two cheap instructions: their copy only pays with many rows and while
+// the panel's copy (kPanel x K fp32) stays in L1.
+constexpr int64_t kPlainCopyRows = 16;
+constexpr int64_t kPlainCopyMaxK = 768;
+
+// Tile shape by M (measured on Zen 3, weights from DRAM): up to 4 rows one row tile of 8 or
+// 12 accumulators (1 x 8, 2 x 4, 3 x 4, 4 x 2); from 5 rows on fp32 weights (or their copy)
+// take 3 x 4 tiles and the other types 4 x 2.
 template <int Type>
 ADAEAGLE_AVX2 void rows_of_type(const LinearArgs& a, int64_t n_begin, int64_t n_end) {
+  constexpr bool quantised = Type == kGgmlQ4_0 || Type == kGgmlQ4_1 || Type == kGgmlQ8_0;
+  const bool copy_rows = quantised ? a.m >= kDequantOnceRows
+                                   : Type != kGgmlF32 && a.m >= kPlainCopyRows &&
+                                         a.k <= kPlainCopyMaxK;
   int64_t n0 = n_begin;
-  auto direct = [&](int64_t n) {
-    return RowSource{a.w + n * a.row_bytes, a.row_bytes, true};
-  };
-  if (a.m == 1) {
-    for (; n0 + 8 <= n_end; n0 += 8) tile<Type, 1, 8>(a, direct(n0), 0, n0);
-  } else if (a.m == 2) {
-    for (; n0 + 4 <= n_end; n0 += 4) tile<Type, 2, 4>(a, direct(n0), 0, n0);
-  } else if (a.m == 3) {
-    for (; n0 + 4 <= n_end; n0 += 4) tile<Type, 3, 4>(a, direct(n0), 0, n0);
-  } else if (Type == kGgmlF32 || Type == kGgmlF16 || Type == kGgmlBF16 ||
-             a.m < kDequantOnceRows) {
-    for (; n0 + 2 <= n_end; n0 += 2) all_rows<Type, 2>(a, direct(n0), n0);
-  } else {
-    std::vector<float> scratch(static_cast<size_t>(2 * a.k));
-    const RowSource copy{reinterpret_cast<const uint8_t*>(scratch.data()), 4 * a.k, false};
-    for (; n0 < n_end; n0 += 2) {
-      const int count = n0 + 2 <= n_end ? 2 : 1;
-      dequantize_rows<Type>(a, n0, count, scratch.data());
-      if (count == 2) {
-        all_rows<kGgmlF32, 2>(a, copy, n0);
+  if (!copy_rows) {
+    for (; n0 + kPanel <= n_end; n0 += kPanel) {
+      const RowSource src{a.w + n0 * a.row_bytes, a.row_bytes, true};
+      if (Type == kGgmlF32 && a.m > 4) {
+        panel<Type, 3, 4>(a, src, n0);
       } else {
-        all_rows<kGgmlF32, 1>(a, copy, n0);
+        panel<Type, 4, 2>(a, src, n0);
       }
     }
+    panel_tail<Type>(a, RowSource{a.w + n0 * a.row_bytes, a.row_bytes, true}, n0, n_end);
     return;
   }
-  for (; n0 < n_end; ++n0) all_rows<Type, 1>(a, direct(n0), n0);
+  std::vector<float> scratch(static_cast<size_t>(kPanel * a.k));
+  const RowSource copy{reinterpret_cast<const uint8_t*>(scratch.data()), 4 * a.k, false};
+  for (; n0 < n_end; n0 += kPanel) {
+    const int count = static_cast<int>(n_end - n0 < kPanel ? n_end - n0 : kPanel);
+    dequantize_rows<Type>(a, n0, count, scratch.data());
+    if (count == kPanel) {
+      panel<kGgmlF32, 3, 4>(a, copy, n0);
+    } else {
+      panel_tail<kGgmlF32>(a, copy, n0, n0 + count);
+    }
+  }
 }
 
 }  // namespace
