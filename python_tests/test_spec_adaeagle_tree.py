@@ -219,8 +219,12 @@ def test_a_broken_rule_fails(sampling_model):
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="adaeagle-tree spec"):
         AdaEagleTree("depth=3")
-    with pytest.raises(ValueError, match="adaeagle-tree spec"):
+    with pytest.raises(ValueError, match="adaeagle-tree top_k must be a number"):
         AdaEagleTree("top_k=x")
+    with pytest.raises(ValueError, match="adaeagle-tree total_tokens must be an integer"):
+        AdaEagleTree("total_tokens=9.5")
+    with pytest.raises(ValueError, match="given twice"):
+        AdaEagleTree("top_k=2,top_k=3")
     with pytest.raises(ValueError, match="top_k must be in"):
         AdaEagleTree(top_k=0)
     with pytest.raises(ValueError, match="total_tokens must be in"):

@@ -157,3 +157,8 @@ def test_unknown_tree_and_bad_specs_raise():
         EagleChain("0")
     with pytest.raises(ValueError, match="eagle2 spec"):
         Eagle2("width=3")
+    with pytest.raises(ValueError, match="eagle2 depth must be an integer"):
+        Eagle2("depth=2.5")
+    e = Eagle2("top_k=3,depth=4,total_tokens=10")
+    assert (e.top_k, e.depth, e.total_tokens) == (3, 4, 10)
+    assert all(type(v) is int for v in (e.top_k, e.depth, e.total_tokens))
