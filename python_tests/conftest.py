@@ -1,9 +1,12 @@
-"""Shared fixtures: the device list (CUDA cases skip without a GPU) and random trees."""
+"""Shared fixtures: the device list (CUDA cases skip without a GPU), random trees, and the tiny
+target and head of the exact-distribution (T > 0) tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from eagle_fixtures import random_head, tiny_target
+from exact_sampling import VOCAB
 
 import adaeagle_ext
 
@@ -23,6 +26,18 @@ DEVICES = [
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def sampling_model():
+    """The VOCAB-token random target of the exact-distribution tests (exact_sampling.py)."""
+    return tiny_target(vocab=VOCAB, seed=9)
+
+
+@pytest.fixture(scope="module")
+def sampling_head(sampling_model):
+    """A random EAGLE head for ``sampling_model``."""
+    return random_head(sampling_model, seed=3)
 
 
 def random_parents(gen: torch.Generator, size: int, bushiness: float = 0.5) -> list[int]:

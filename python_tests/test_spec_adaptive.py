@@ -4,9 +4,8 @@ their rules say, and reject bad specs with clear errors."""
 
 import pytest
 import torch
-from eagle_fixtures import one_thread, random_head, tiny_target  # noqa: F401
+from eagle_fixtures import PROMPTS, check_same, one_thread, random_head, tiny_target  # noqa: F401
 from ldlp_fixtures import fitted_head, spread_ldlp
-from test_spec_eagle_greedy import PROMPTS, check_same
 
 from adaeagle_ext.spec import ldlp_length
 from adaeagle_ext.spec.adaeagle import AdaEagle, AdaEagleDdd, prediction_error
