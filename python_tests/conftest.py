@@ -1,5 +1,5 @@
-"""Shared fixtures: the device list (CUDA cases skip without a GPU), random trees, and the tiny
-target and head of the exact-distribution (T > 0) tests."""
+"""Shared fixtures: the device list (CUDA cases skip without a GPU), the tiny target and head of
+the exact-distribution (T > 0) tests, the default model, and the hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -40,31 +40,12 @@ def sampling_head(sampling_model):
     return random_head(sampling_model, seed=3)
 
 
-def random_parents(gen: torch.Generator, size: int, bushiness: float = 0.5) -> list[int]:
-    """A random tree of `size` nodes in topological order: each node hangs under a random
-    earlier node, biased towards recent ones when bushiness is low (chains)."""
-    parents = [-1]
-    for i in range(1, size):
-        if torch.rand((), generator=gen).item() < bushiness:
-            parents.append(int(torch.randint(0, i, (), generator=gen)))
-        else:
-            parents.append(i - 1)
-    return parents
+@pytest.fixture(scope="module")
+def default_pipe():
+    """The default model (fetched on first use), fp32 on 2 threads."""
+    from adaeagle_ext.api import load
 
-
-def random_batch(gen: torch.Generator, batch: int, max_size: int = 64, bushiness: float = 0.5):
-    """A ragged batch: (parents int32 [N], tree_indptr int32 [B+1], prefix_lens int32 [B])."""
-    sizes = torch.randint(1, max_size + 1, (batch,), generator=gen).tolist()
-    parents = [p for s in sizes for p in random_parents(gen, s, bushiness)]
-    indptr = [0]
-    for s in sizes:
-        indptr.append(indptr[-1] + s)
-    prefix = torch.randint(0, 300, (batch,), generator=gen, dtype=torch.int32)
-    return (
-        torch.tensor(parents, dtype=torch.int32),
-        torch.tensor(indptr, dtype=torch.int32),
-        prefix,
-    )
+    return load(None, dtype="float32", threads=2, progress=False)
 
 
 # Hypothesis budgets: "short" in `make test` / `make sanitize`, HYPOTHESIS_PROFILE=long for a

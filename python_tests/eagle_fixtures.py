@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from model_fixtures import ours, random_weights, tiny_config
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture, re-exported)
 
 from adaeagle_ext.drafters.eagle_head import EagleHead
 from adaeagle_ext.spec.generate import generate_ids
@@ -70,12 +70,3 @@ def random_static_tree(gen: torch.Generator, size: int, max_rank: int = 4):
         if free:
             paths.append(parent + (free[int(torch.randint(len(free), (), generator=gen))],))
     return paths
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
