@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from model_fixtures import ours, random_weights, tiny_config
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture, re-exported)
 
 from adaeagle_ext.drafters.eagle_head import EagleHead
+from adaeagle_ext.spec.generate import generate_ids
 
 # A small vocabulary makes random drafts agree with the target often enough that accepted
 # drafts (and EOS / limits inside them) are exercised.
 SMALL_VOCAB = 8
+
+# Prompts over SMALL_VOCAB for the greedy identity tests: short, long, one token, repeats.
+PROMPTS = [[5, 1, 3, 7, 4], [i % 8 for i in range(1, 71)], [2], [6, 6, 1, 0, 3, 2, 5]]
 
 
 def tiny_target(vocab: int = SMALL_VOCAB, seed: int = 0, max_pos: int = 512, **changes):
@@ -32,6 +36,29 @@ def random_head(target, seed: int = 0, draft_vocab: torch.Tensor | None = None) 
     return head.eval()
 
 
+_AR: dict = {}
+
+
+def ar_outputs(model, prompts: list[list[int]], **kw):
+    """``ar``'s outputs for ``prompts`` (``generate_ids`` keywords ``kw``), cached per model and
+    arguments; the cache holds the model so that its id is not reused."""
+    key = (id(model), repr(prompts), repr(sorted(kw.items())))
+    if key not in _AR:
+        _AR[key] = (model, generate_ids(model, prompts, **kw)[0])
+    return _AR[key][1]
+
+
+def check_same(model, strategy, prompts: list[list[int]], **kw):
+    """Runs ``strategy`` on ``prompts`` and asserts every request's tokens and finish reason
+    equal ``ar``'s; returns the run's stats."""
+    want = ar_outputs(model, prompts, **kw)
+    got, stats = generate_ids(model, prompts, method=strategy, **kw)
+    for w, g in zip(want, got, strict=True):
+        assert g.token_ids == w.token_ids, getattr(strategy, "name", strategy)
+        assert g.finish_reason == w.finish_reason
+    return stats
+
+
 def random_static_tree(gen: torch.Generator, size: int, max_rank: int = 4):
     """``size`` rank paths forming a tree (each path's parent path is present)."""
     paths: list[tuple[int, ...]] = []
@@ -43,12 +70,3 @@ def random_static_tree(gen: torch.Generator, size: int, max_rank: int = 4):
         if free:
             paths.append(parent + (free[int(torch.randint(len(free), (), generator=gen))],))
     return paths
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -65,36 +65,9 @@ def valid_tree(parents: list[int]) -> bool:
             and all(0 <= p < i for i, p in enumerate(parents) if i > 0))
 
 
-def random_parents(gen: torch.Generator, size: int, bushiness: float) -> list[int]:
-    """A random valid tree of ``size`` nodes (chains when bushiness is 0)."""
-    parents = [-1]
-    for i in range(1, size):
-        if torch.rand((), generator=gen).item() < bushiness:
-            parents.append(int(torch.randint(0, i, (), generator=gen)))
-        else:
-            parents.append(i - 1)
-    return parents
-
-
-def indptr_of(sizes: list[int]) -> list[int]:
-    out = [0]
-    for s in sizes:
-        out.append(out[-1] + s)
-    return out
-
-
 def i32(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int32)
 
 
 def i64(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Fuzz cases are tiny: one thread is fastest and leaves the shared cores alone."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -11,9 +11,9 @@ from fuzz_helpers import (
     i64,
     mutate,
     ok_or_clear_error,
-    one_thread,  # noqa: F401  (autouse fixture)
     valid_tree,
 )
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture)
 
 from adaeagle_ext import ops, ref
 

@@ -5,7 +5,9 @@ lengths, layers, modes and malformed tensors raise a clear error."""
 
 import pytest
 import torch
-from fuzz_helpers import MUTATIONS, assert_clear_error, i32, i64, indptr_of, mutate, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from fuzz_helpers import MUTATIONS, assert_clear_error, i32, i64, mutate
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture)
+from tree_fixtures import indptr_of
 
 from adaeagle_ext import ops, ref
 

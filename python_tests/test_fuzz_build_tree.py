@@ -3,16 +3,9 @@ clear error; malformed tensors are rejected by name."""
 
 import pytest
 import torch
-from fuzz_helpers import (
-    MUTATIONS,
-    assert_clear_error,
-    i32,
-    indptr_of,
-    mutate,
-    one_thread,  # noqa: F401  (autouse fixture)
-    random_parents,
-    valid_tree,
-)
+from fuzz_helpers import MUTATIONS, assert_clear_error, i32, mutate, valid_tree
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture)
+from tree_fixtures import indptr_of, random_parents
 
 from adaeagle_ext import ops, ref
 

@@ -4,7 +4,8 @@ bad K, bad row bytes and malformed tensors raise a clear error."""
 
 import pytest
 import torch
-from fuzz_helpers import MUTATIONS, assert_clear_error, mutate, one_thread  # noqa: F401
+from fuzz_helpers import MUTATIONS, assert_clear_error, mutate
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture)
 
 from adaeagle_ext import ops, ref
 

@@ -3,7 +3,8 @@ lengths and prefixes raise a clear error before any row moves; malformed tensors
 
 import pytest
 import torch
-from fuzz_helpers import MUTATIONS, assert_clear_error, i32, mutate, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from fuzz_helpers import MUTATIONS, assert_clear_error, i32, mutate
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture)
 
 from adaeagle_ext import ops, ref
 

@@ -3,17 +3,9 @@
 
 import pytest
 import torch
-from fuzz_helpers import (
-    MUTATIONS,
-    assert_clear_error,
-    i32,
-    i64,
-    indptr_of,
-    mutate,
-    ok_or_clear_error,
-    one_thread,  # noqa: F401  (autouse fixture)
-    random_parents,
-)
+from fuzz_helpers import MUTATIONS, assert_clear_error, i32, i64, mutate, ok_or_clear_error
+from thread_fixtures import one_thread  # noqa: F401  (autouse fixture)
+from tree_fixtures import indptr_of, random_parents
 
 from adaeagle_ext import ops, ref
 

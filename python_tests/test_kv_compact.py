@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_batch
+from tree_fixtures import random_batch
 
 from adaeagle_ext import ops, ref
 

@@ -6,9 +6,9 @@ Tiny fp32 targets with random EAGLE heads and random LDLPs whose predictions spr
 
 import pytest
 import torch
-from eagle_fixtures import one_thread, random_head, tiny_target  # noqa: F401
+from eagle_fixtures import PROMPTS, check_same, one_thread, random_head, tiny_target  # noqa: F401
+from exact_sampling import PARAMS, chi_square, exact_joint, sample_counts
 from ldlp_fixtures import random_ldlp
-from test_spec_eagle_sampling import PARAMS, VOCAB, chi_square, exact_joint, sample_counts
 
 from adaeagle_ext import ops
 from adaeagle_ext.drafters.ldlp import LDLP
@@ -16,8 +16,6 @@ from adaeagle_ext.spec.adaeagle_tree import AdaEagleTree
 from adaeagle_ext.spec.generate import generate_ids
 from adaeagle_ext.spec.step_costs import StepCosts, step_costs
 from adaeagle_ext.spec.strategy import make_strategy
-
-PROMPTS = [[5, 1, 3, 7, 4], [i % 8 for i in range(1, 71)], [2], [6, 6, 1, 0, 3, 2, 5]]
 
 # Hand-made costs (seconds): verifying is free / ruinous / CPU-like.
 FLAT = StepCosts((1, 64), (0.01, 0.01), (1, 64), (0.0, 0.0))
@@ -52,21 +50,6 @@ class Recording(AdaEagleTree):
             cap = int(state.remaining[b]) - 1
             self.log.append((ks[b], cap, ptr[b + 1] - ptr[b], max(depth)))
         return tree
-
-
-_AR: dict = {}
-
-
-def check_same(model, strategy, prompts, **kw):
-    key = (id(model), repr(prompts), repr(sorted(kw.items())))
-    if key not in _AR:
-        _AR[key] = (model, generate_ids(model, prompts, **kw)[0])
-    want = _AR[key][1]
-    got, stats = generate_ids(model, prompts, method=strategy, **kw)
-    for w, g in zip(want, got, strict=True):
-        assert g.token_ids == w.token_ids
-        assert g.finish_reason == w.finish_reason
-    return stats
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -171,11 +154,6 @@ def test_ldlp_from_a_file(tmp_path):
 # --- sampling ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sampling_model():
-    return tiny_target(vocab=VOCAB, seed=9)
-
-
 def sampling_strategy(model, cls=AdaEagleTree):
     head = random_head(model, seed=3)
     ldlp = random_ldlp(model, k_max=3, seed=5)
@@ -219,8 +197,12 @@ def test_a_broken_rule_fails(sampling_model):
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="adaeagle-tree spec"):
         AdaEagleTree("depth=3")
-    with pytest.raises(ValueError, match="adaeagle-tree spec"):
+    with pytest.raises(ValueError, match="adaeagle-tree top_k must be a number"):
         AdaEagleTree("top_k=x")
+    with pytest.raises(ValueError, match="adaeagle-tree total_tokens must be an integer"):
+        AdaEagleTree("total_tokens=9.5")
+    with pytest.raises(ValueError, match="given twice"):
+        AdaEagleTree("top_k=2,top_k=3")
     with pytest.raises(ValueError, match="top_k must be in"):
         AdaEagleTree(top_k=0)
     with pytest.raises(ValueError, match="total_tokens must be in"):

@@ -4,9 +4,8 @@ their rules say, and reject bad specs with clear errors."""
 
 import pytest
 import torch
-from eagle_fixtures import one_thread, random_head, tiny_target  # noqa: F401
+from eagle_fixtures import PROMPTS, check_same, one_thread, random_head, tiny_target  # noqa: F401
 from ldlp_fixtures import fitted_head, spread_ldlp
-from test_spec_eagle_greedy import PROMPTS, check_same
 
 from adaeagle_ext.spec import ldlp_length
 from adaeagle_ext.spec.adaeagle import AdaEagle, AdaEagleDdd, prediction_error
@@ -252,3 +251,19 @@ def test_drafts_after_skipped_steps_equal_fresh_drafts():
         generate_ids(model, [history[:-1]], method=fresh, max_new_tokens=len(drafted) + 2)
         assert fresh.seen[0][0][0] == history
         assert fresh.seen[0][0][1][:len(drafted)] == drafted
+
+
+def test_resolve_ldlp_loads_a_file_once(tmp_path):
+    model = tiny_target(seed=4)
+    first_path, other_path = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    spread_ldlp(model, seed=1, k_max=5)[0].save(first_path, k_max=5)
+    spread_ldlp(model, seed=2, k_max=3)[0].save(other_path, k_max=3)
+    first, k = ldlp_length.resolve_ldlp(str(first_path), model)
+    again, k_again = ldlp_length.resolve_ldlp(first_path, model)
+    assert again is first and k == k_again == 5
+    other, k_other = ldlp_length.resolve_ldlp(str(other_path), model)
+    assert other is not first and k_other == 3
+    assert not torch.equal(other.proj.weight, first.proj.weight)
+    wider = tiny_target(seed=0, hidden_size=32, num_heads=2, num_kv_heads=1)
+    with pytest.raises(ValueError, match="hidden size"):  # the cached file still fits no other
+        ldlp_length.resolve_ldlp(first_path, wider)

@@ -5,7 +5,7 @@ the shipped table), determinism, tree post-processing, and the harness."""
 import numpy as np
 import pytest
 import torch
-from eagle_fixtures import one_thread, tiny_target  # noqa: F401
+from eagle_fixtures import PROMPTS, check_same, one_thread, tiny_target  # noqa: F401
 
 from adaeagle_ext.drafters.aded import DEFAULT_TABLE_PATH
 from adaeagle_ext.drafters.trigram import HEADER, TrigramFileError, count_trigrams
@@ -20,8 +20,6 @@ from adaeagle_ext.spec.aded import (
 from adaeagle_ext.spec.generate import generate_ids
 from adaeagle_ext.spec.sampling import SamplingParams
 from adaeagle_ext.spec.strategy import StepState, make_strategy
-
-PROMPTS = [[5, 1, 3, 7, 4], [i % 8 for i in range(1, 71)], [2], [6, 6, 1, 0, 3, 2, 5]]
 
 
 def random_table(seed: int, vocab: int = 8, docs: int = 40, length: int = 30):
@@ -45,25 +43,6 @@ def strategies(model, seed: int):
             Aded(table=own, max_nodes=6, iterations=40), Aded("max_len=6,top_paths=8",
                                                                table=random),
             Aded(table=own, c1=1.0, c2=2.0, seed=seed)]
-
-
-_AR: dict = {}
-
-
-def ar_outputs(model, prompts, **kw):
-    key = (id(model), repr(prompts), repr(sorted(kw.items())))
-    if key not in _AR:
-        _AR[key] = (model, generate_ids(model, prompts, **kw)[0])
-    return _AR[key][1]
-
-
-def check_same(model, strategy, prompts, **kw):
-    want = ar_outputs(model, prompts, **kw)
-    got, stats = generate_ids(model, prompts, method=strategy, **kw)
-    for w, g in zip(want, got, strict=True):
-        assert g.token_ids == w.token_ids
-        assert g.finish_reason == w.finish_reason
-    return stats
 
 
 # ---------------------------------------------------------------------------------------------

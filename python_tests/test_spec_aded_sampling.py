@@ -1,8 +1,8 @@
 """At T > 0 ``aded`` samples exactly the target's distribution (``verify_sampling``'s top-k rule).
 
-Same structure as ``test_spec_eagle_sampling.py``, whose exact-distribution and chi-square helpers
-it uses: on a 6-token vocabulary the first three generated tokens of many requests are compared
-with the exact target distribution. ADED's own verification rule (REST's: every root-to-leaf
+Same structure as ``test_spec_eagle_sampling.py`` (the check of ``exact_sampling.py``): on a
+6-token vocabulary the first three generated tokens of many requests are compared with the exact
+target distribution. ADED's own verification rule (REST's: every root-to-leaf
 path independently samples the target and the longest match wins) is not exact, and must fail
 the same test.
 """
@@ -10,29 +10,21 @@ the same test.
 import numpy as np
 import pytest
 import torch
-from eagle_fixtures import one_thread, tiny_target  # noqa: F401
-from test_spec_eagle_sampling import (
-    PROMPT,
+from eagle_fixtures import one_thread  # noqa: F401
+from exact_sampling import (
+    PARAMS,
     SAMPLES,
-    TOKENS,
     VOCAB,
     assert_matches,
     chi_square,
     exact_joint,
+    sample_counts,
 )
 
 from adaeagle_ext.drafters.trigram import count_trigrams
 from adaeagle_ext.spec.aded import Aded
-from adaeagle_ext.spec.generate import generate_ids
 from adaeagle_ext.spec.sampling import SamplingParams, target_probs
 from adaeagle_ext.spec.strategy import Acceptance
-
-PARAMS = SamplingParams(temperature=1.0, seed=7)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_target(vocab=VOCAB, seed=9)
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +33,19 @@ def table():
     return count_trigrams([rng.integers(0, VOCAB, size=30) for _ in range(30)], VOCAB)
 
 
-def test_aded_matches_exact(model, table):
-    _, _, stats = assert_matches(model, Aded(table=table), PARAMS)
+def test_aded_matches_exact(sampling_model, table):
+    _, _, stats = assert_matches(sampling_model, Aded(table=table), PARAMS)
     assert stats.mean_accepted > 1.2  # drafts were accepted, so the rule was exercised
     assert max(stats.draft_tokens) > 4  # trees, not chains: siblings were exercised
 
 
-def test_aded_small_trees_with_filters(model, table):
-    assert_matches(model, Aded(table=table, max_nodes=5),
+def test_aded_small_trees_with_filters(sampling_model, table):
+    assert_matches(sampling_model, Aded(table=table, max_nodes=5),
                    SamplingParams(temperature=0.7, top_k=4, top_p=0.9, seed=3))
 
 
-def test_aded_without_a_table(model):
-    _, _, stats = assert_matches(model, Aded(table="none"), PARAMS)
+def test_aded_without_a_table(sampling_model):
+    _, _, stats = assert_matches(sampling_model, Aded(table="none"), PARAMS)
     assert stats.mean_accepted > 1.05
 
 
@@ -97,12 +89,8 @@ class AdedNucleusRule(Aded):
         return Acceptance(local, n_acc, out)
 
 
-def test_adeds_own_rule_fails(model, table):
-    joint = exact_joint(model, PARAMS)
-    outs, _ = generate_ids(model, [PROMPT] * SAMPLES, method=AdedNucleusRule(table=table),
-                           max_new_tokens=6, sampling=PARAMS)
-    counts: dict[tuple, int] = {}
-    for o in outs:
-        counts[tuple(o.token_ids[:TOKENS])] = counts.get(tuple(o.token_ids[:TOKENS]), 0) + 1
+def test_adeds_own_rule_fails(sampling_model, table):
+    joint = exact_joint(sampling_model, PARAMS)
+    counts, _ = sample_counts(sampling_model, AdedNucleusRule(table=table), PARAMS)
     stat, df = chi_square(counts, joint, SAMPLES)
     assert stat > df + 5 * (2 * df) ** 0.5, (stat, df)

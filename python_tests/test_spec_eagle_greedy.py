@@ -2,14 +2,19 @@
 
 import pytest
 import torch
-from eagle_fixtures import one_thread, random_head, random_static_tree, tiny_target  # noqa: F401
+from eagle_fixtures import (  # noqa: F401
+    PROMPTS,
+    check_same,
+    one_thread,
+    random_head,
+    random_static_tree,
+    tiny_target,
+)
 
 from adaeagle_ext.spec.chain import EagleChain
 from adaeagle_ext.spec.eagle import EagleTree
 from adaeagle_ext.spec.eagle2 import Eagle2
 from adaeagle_ext.spec.generate import generate_ids
-
-PROMPTS = [[5, 1, 3, 7, 4], [i % 8 for i in range(1, 71)], [2], [6, 6, 1, 0, 3, 2, 5]]
 
 
 def strategies(head, gen):
@@ -22,25 +27,6 @@ def strategies(head, gen):
         Eagle2(head=head), Eagle2("top_k=3,depth=6,total_tokens=9", head=head),
         Eagle2("top_k=8,depth=3,total_tokens=40", head=head),
     ]
-
-
-_AR: dict = {}
-
-
-def ar_outputs(model, prompts, **kw):
-    key = (id(model), repr(prompts), repr(sorted(kw.items())))
-    if key not in _AR:
-        _AR[key] = (model, generate_ids(model, prompts, **kw)[0])
-    return _AR[key][1]
-
-
-def check_same(model, strategy, prompts, **kw):
-    want = ar_outputs(model, prompts, **kw)
-    got, stats = generate_ids(model, prompts, method=strategy, **kw)
-    for w, g in zip(want, got, strict=True):
-        assert g.token_ids == w.token_ids, strategy.name
-        assert g.finish_reason == w.finish_reason
-    return stats
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -157,3 +143,8 @@ def test_unknown_tree_and_bad_specs_raise():
         EagleChain("0")
     with pytest.raises(ValueError, match="eagle2 spec"):
         Eagle2("width=3")
+    with pytest.raises(ValueError, match="eagle2 depth must be an integer"):
+        Eagle2("depth=2.5")
+    e = Eagle2("top_k=3,depth=4,total_tokens=10")
+    assert (e.top_k, e.depth, e.total_tokens) == (3, 4, 10)
+    assert all(type(v) is int for v in (e.top_k, e.depth, e.total_tokens))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_batch, random_parents
+from tree_fixtures import random_batch, random_parents
 
 from adaeagle_ext import ops, ref
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_batch
+from tree_fixtures import random_batch
 
 from adaeagle_ext import ops, ref
 

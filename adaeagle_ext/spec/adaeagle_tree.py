@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+from adaeagle_ext.spec.chain_options import parse_options
 from adaeagle_ext.spec.eagle2 import DEFAULT_TOP_K, Eagle2, rank, tree_nodes
 from adaeagle_ext.spec.eagle_base import csr_tree, depth_caps
 from adaeagle_ext.spec.ldlp_length import DraftLengthPredictor, resolve_ldlp
@@ -32,19 +33,6 @@ from adaeagle_ext.spec.step_costs import StepCosts, best_draft_size, step_costs
 from adaeagle_ext.spec.strategy import DraftTree, StepState, register
 
 DEFAULT_TOTAL_TOKENS = 64  # the cap; the measured costs choose the budget below it
-
-
-def parse_spec(spec: str | None) -> dict:
-    """``"top_k=6,total_tokens=32"`` (any subset) -> keyword arguments."""
-    out = {}
-    for part in (spec or "").split(","):
-        if not part:
-            continue
-        key, _, value = part.partition("=")
-        if key not in ("top_k", "total_tokens") or not value.isdigit():
-            raise ValueError(f"adaeagle-tree spec {spec!r}: expected top_k=N, total_tokens=N")
-        out[key] = int(value)
-    return out
 
 
 @register
@@ -58,7 +46,7 @@ class AdaEagleTree(Eagle2):
     def __init__(self, spec: str | None = None, head=None, ldlp=None,
                  top_k: int | None = None, total_tokens: int | None = None,
                  costs: StepCosts | None = None):
-        opts = parse_spec(spec)
+        opts = parse_options(self.name, spec, ("top_k", "total_tokens"), integer=True)
         top_k = top_k if top_k is not None else opts.get("top_k", DEFAULT_TOP_K)
         total = total_tokens if total_tokens is not None else opts.get(
             "total_tokens", DEFAULT_TOTAL_TOKENS)

@@ -1,6 +1,8 @@
-"""Options of the adaptive chain methods: ``"ddd:-0.6"``, ``"maxconf:0.4,k_max=6"``, ...
+"""Options of the adaptive chain and tree methods: ``"ddd:-0.6"``, ``"maxconf:0.4,k_max=6"``,
+``"eagle2:top_k=8,depth=6"``, ...
 
-A bare value is the method's threshold; ``key=value`` parts set named options. Every value is
+A bare value is the method's threshold (for the methods that have one); ``key=value`` parts set
+named options. Every value is
 checked here, so a bad spec fails when the method is built, with the argument named.
 """
 
@@ -11,12 +13,14 @@ import math
 DEFAULT_K_MAX = 8
 
 
-def parse_options(method: str, spec: str | None, keys: tuple[str, ...]) -> dict[str, float]:
+def parse_options(method: str, spec: str | None, keys: tuple[str, ...],
+                  integer: bool = False) -> dict[str, float]:
     """``spec`` -> {key: number} for the allowed ``keys`` (a bare value sets ``keys[0]`` when it
-    is ``"threshold"``).
+    is ``"threshold"``); with ``integer`` every value must be a whole number and comes as an int.
 
     Raises:
-        ValueError: an unknown key, a repeated key, or a value that is not a finite number.
+        ValueError: an unknown key, a repeated key, a value that is not a finite number, or
+            (``integer``) not a whole one.
     """
     out: dict[str, float] = {}
     for part in (spec or "").split(","):
@@ -34,7 +38,12 @@ def parse_options(method: str, spec: str | None, keys: tuple[str, ...]) -> dict[
                              f"{', '.join(keys)}")
         if key in out:
             raise ValueError(f"{method} spec {spec!r}: {key} given twice")
-        out[key] = number(method, key, value)
+        x = number(method, key, value)
+        if integer:
+            if x != int(x):
+                raise ValueError(f"{method} {key} must be an integer, got {value!r}")
+            x = int(x)
+        out[key] = x
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from adaeagle_ext import ops
+from adaeagle_ext.spec.chain_options import parse_options
 from adaeagle_ext.spec.eagle_base import EagleBase, csr_tree, depth_caps
 from adaeagle_ext.spec.strategy import DraftTree, StepState, register
 
@@ -28,19 +29,6 @@ DEFAULT_DEPTH = 5
 DEFAULT_TOTAL_TOKENS = 20
 
 
-def parse_spec(spec: str | None) -> dict:
-    """``"top_k=8,depth=6,total_tokens=24"`` (any subset) -> keyword arguments."""
-    out = {}
-    for part in (spec or "").split(","):
-        if not part:
-            continue
-        key, _, value = part.partition("=")
-        if key not in ("top_k", "depth", "total_tokens") or not value:
-            raise ValueError(f"eagle2 spec {spec!r}: expected top_k=, depth=, total_tokens=")
-        out[key] = int(value)
-    return out
-
-
 @register
 class Eagle2(EagleBase):
     name = "eagle2"
@@ -49,7 +37,7 @@ class Eagle2(EagleBase):
     def __init__(self, spec: str | None = None, head=None, top_k: int | None = None,
                  depth: int | None = None, total_tokens: int | None = None):
         super().__init__(head)
-        opts = parse_spec(spec)
+        opts = parse_options(self.name, spec, ("top_k", "depth", "total_tokens"), integer=True)
         self.top_k = top_k or opts.get("top_k", DEFAULT_TOP_K)
         self.depth = depth or opts.get("depth", DEFAULT_DEPTH)
         self.total_tokens = total_tokens or opts.get("total_tokens", DEFAULT_TOTAL_TOKENS)

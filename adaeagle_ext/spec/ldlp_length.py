@@ -21,10 +21,14 @@ DEFAULT_LDLP_PATH = (Path(__file__).resolve().parents[1] / "assets" / "smollm2-1
                      / "ldlp.safetensors")
 
 
+_LOADED: dict[tuple, tuple[LDLP, dict]] = {}
+
+
 def resolve_ldlp(ldlp, target) -> tuple[LDLP, int]:
     """(module, k_max it was trained with) for ``target``: an ``LDLP`` module (k_max then
     taken from ``module.k_max`` or 8), a ``(module, k_max)`` pair, a file path, or None for the
-    shipped file when it was trained for ``target``.
+    shipped file when it was trained for ``target``. Loaded files are cached per file and
+    target dtype (the same module object comes back); every call checks it fits ``target``.
 
     Raises:
         ValueError: no LDLP ships for ``target``, or the file was trained for another target.
@@ -38,9 +42,16 @@ def resolve_ldlp(ldlp, target) -> tuple[LDLP, int]:
     if ldlp is None and not path.is_file():
         raise ValueError("no LDLP ships for this target; pass ldlp=<path to an "
                          "ldlp.safetensors> (train one with `adaeagle train-ldlp`)")
-    module, config = LDLP.load(path, None if ldlp is None else target.config.hidden_size)
+    key = (str(path.resolve()), target.dtype)
+    if key not in _LOADED:
+        _LOADED[key] = LDLP.load(path, None if ldlp is None else target.config.hidden_size)
+    module, config = _LOADED[key]
+    hidden = target.config.hidden_size
+    if ldlp is not None and config["hidden_size"] != hidden:  # cached for another target
+        raise ValueError(f"{path}: LDLP was trained for hidden size {config['hidden_size']}, "
+                         f"the target has {hidden}")
     fp = config.get("target_fingerprint")
-    foreign = config["hidden_size"] != target.config.hidden_size or (
+    foreign = config["hidden_size"] != hidden or (
         fp is not None
         and abs(embedding_fingerprint(target) - fp) > 1e-3 * max(abs(fp), 1e-12))
     if foreign and ldlp is None:
