@@ -155,6 +155,11 @@ def test_method_names(broken):
     assert "test-broken" in resolve_methods("all")
     with pytest.raises(ValueError, match=r"unknown method 'nope'.*strategies: .*\bar\b.*peers: hf"):
         resolve_methods("ar,nope")
+    # a spec with several knobs stays one method
+    assert resolve_methods("eagle2:top_k=3,depth=3,total_tokens=6,chain:2") == [
+        "ar", "eagle2:top_k=3,depth=3,total_tokens=6", "chain:2"]
+    with pytest.raises(ValueError, match="unknown method 'depth=3'"):
+        resolve_methods("depth=3,ar")
 
 
 def test_cli_rejects_unknown_method(capsys):

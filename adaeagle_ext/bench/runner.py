@@ -88,8 +88,18 @@ class RuntimeMethod:
 
 def resolve_methods(spec: str | Sequence[str]) -> list[str]:
     """Method names from ``"ar,chain:3,hf"`` (``all``: every registered strategy); ``ar`` is
-    always run first (the speedup baseline). ValueError lists what is available."""
-    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec)]
+    always run first (the speedup baseline). A piece ``key=value`` without a ``:`` continues
+    the method before it, so ``"ar,eagle2:top_k=3,depth=3"`` names two methods. ValueError
+    lists what is available."""
+    if isinstance(spec, str):
+        names: list[str] = []
+        for piece in (m.strip() for m in spec.split(",")):
+            if names and "=" in piece and ":" not in piece:
+                names[-1] += "," + piece
+            else:
+                names.append(piece)
+    else:
+        names = [m.strip() for m in spec]
     out: list[str] = [BASELINE]
     for name in filter(None, names):
         expanded = available_methods() if name == "all" else [name]
