@@ -26,12 +26,13 @@ from __future__ import annotations
 import math
 
 from adaeagle_ext.spec.chain_options import parse_options
-from adaeagle_ext.spec.eagle2 import DEFAULT_TOP_K, Eagle2, rank, tree_nodes
+from adaeagle_ext.spec.eagle2 import Eagle2, rank, tree_nodes
 from adaeagle_ext.spec.eagle_base import csr_tree, depth_caps
 from adaeagle_ext.spec.ldlp_length import DraftLengthPredictor, resolve_ldlp
 from adaeagle_ext.spec.step_costs import StepCosts, best_draft_size, step_costs
 from adaeagle_ext.spec.strategy import DraftTree, StepState, register
 
+DEFAULT_TOP_K = 6  # children per frontier node, as EAGLE-2; the costs then choose how many to keep
 DEFAULT_TOTAL_TOKENS = 64  # the cap; the measured costs choose the budget below it
 
 
