@@ -15,16 +15,28 @@ from adaeagle_ext.bench.metrics import OVERALL
 from adaeagle_ext.bench.runner import BenchRun
 
 
+def _color(i: int):
+    """A distinct colour for up to 20 series (matplotlib's default cycle repeats after 10)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
+def _legend(ax) -> None:
+    """Legend beside the axes, where it cannot cover bars."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
 def _grouped_bars(ax, run: BenchRun, methods, value, ylabel):
     cols = [*run.tasks, OVERALL]
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
         per = run.summaries[m]
         ys = [value(per[c]) if c in per and value(per[c]) is not None else 0 for c in cols]
-        ax.bar([j + i * width for j in range(len(cols))], ys, width, label=m)
+        ax.bar([j + i * width for j in range(len(cols))], ys, width, label=m, color=_color(i))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=20)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    _legend(ax)
 
 
 def _hist_bars(ax, hists: dict[str, dict[int, int]], xlabel: str, title: str):
@@ -33,13 +45,14 @@ def _hist_bars(ax, hists: dict[str, dict[int, int]], xlabel: str, title: str):
     for i, (label, h) in enumerate(hists.items()):
         total = sum(h.values())
         ks = sorted(h)
-        ax.bar([k + i * width for k in ks], [h[k] / total for k in ks], width, label=label)
+        ax.bar([k + i * width for k in ks], [h[k] / total for k in ks], width, label=label,
+               color=_color(i))
     keys = sorted({k for h in hists.values() for k in h})
     ax.set_xticks([k + 0.4 - width / 2 for k in keys], [str(k) for k in keys])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of steps")
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    _legend(ax)
 
 
 def _time_split(ax, run: BenchRun):
@@ -74,7 +87,7 @@ def write_plots(run: BenchRun, out: Path) -> list[str]:
         _grouped_bars(ax, run, run.methods, lambda s: s.tau, "τ (tokens / target forward)")
         ax.set_title(f"Mean accepted tokens per step ({dtype})")
 
-    plots = [("speedup.png", (9, 4), speedup), ("tau.png", (9, 4), tau)]
+    plots = [("speedup.png", (11, 4), speedup), ("tau.png", (11, 4), tau)]
     for name, hists, xlabel, title in [
             ("draft_hist.png", draft_hists(run), "draft tokens per step", "Draft-length histogram"),
             ("accept_hist.png", accept_hists(run), "tokens accepted per step (bonus included)",
@@ -82,7 +95,7 @@ def write_plots(run: BenchRun, out: Path) -> list[str]:
             ("predicted_hist.png", predicted_hists(run), "draft length",
              "LDLP predicted lengths" + (" vs the oracle's" if oracle_methods(run) else ""))]:
         if hists:
-            plots.append((name, (7, 4), lambda ax, h=hists, x=xlabel, t=title:
+            plots.append((name, (9, 4), lambda ax, h=hists, x=xlabel, t=title:
                           _hist_bars(ax, h, x, t)))
     plots.append(("time_split.png", (7, 4), lambda ax: _time_split(ax, run)))
     for name, size, draw in plots:
