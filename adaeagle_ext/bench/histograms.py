@@ -17,16 +17,20 @@ def oracle_methods(run: BenchRun) -> list[str]:
             and run.summaries[m][OVERALL].draft_hist]
 
 
+def _overall_hists(run: BenchRun, attr: str) -> dict[str, dict[int, int]]:
+    """{method: its overall histogram ``attr`` of Summary} for the methods that record one."""
+    return {m: getattr(run.summaries[m][OVERALL], attr) for m in run.methods
+            if getattr(run.summaries[m][OVERALL], attr)}
+
+
 def draft_hists(run: BenchRun) -> dict[str, dict[int, int]]:
     """{method: overall draft-length histogram} for the methods that record one."""
-    return {m: run.summaries[m][OVERALL].draft_hist for m in run.methods
-            if run.summaries[m][OVERALL].draft_hist}
+    return _overall_hists(run, "draft_hist")
 
 
 def accept_hists(run: BenchRun) -> dict[str, dict[int, int]]:
     """{method: overall accepted-length histogram} for the methods that record one."""
-    return {m: run.summaries[m][OVERALL].accept_hist for m in run.methods
-            if run.summaries[m][OVERALL].accept_hist}
+    return _overall_hists(run, "accept_hist")
 
 
 def predicted_hists(run: BenchRun) -> dict[str, dict[int, int]]:

@@ -44,10 +44,10 @@ def resolve_ldlp(ldlp, target) -> tuple[LDLP, int]:
                          "ldlp.safetensors> (train one with `adaeagle train-ldlp`)")
     key = (str(path.resolve()), target.dtype)
     if key not in _LOADED:
-        _LOADED[key] = LDLP.load(path, None if ldlp is None else target.config.hidden_size)
+        _LOADED[key] = LDLP.load(path)
     module, config = _LOADED[key]
     hidden = target.config.hidden_size
-    if ldlp is not None and config["hidden_size"] != hidden:  # cached for another target
+    if ldlp is not None and config["hidden_size"] != hidden:
         raise ValueError(f"{path}: LDLP was trained for hidden size {config['hidden_size']}, "
                          f"the target has {hidden}")
     fp = config.get("target_fingerprint")
