@@ -2,6 +2,7 @@
 head draft step over M nodes) on this machine, and print them as a markdown table.
 
     python benchmarks/bench_step_costs.py --dtype float32 --threads 1 [--reps 3 --budget 10]
+        [--verify-sizes 1,2,3,4,5,6,7,8,12,16]
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ import torch
 
 from adaeagle_ext.api import load
 from adaeagle_ext.spec.eagle_base import resolve_head
-from adaeagle_ext.spec.step_costs import DEFAULT_BUDGET_S, DEFAULT_REPS, measure_step_costs
+from adaeagle_ext.spec.step_costs import (
+    DEFAULT_BUDGET_S,
+    DEFAULT_REPS,
+    VERIFY_SIZES,
+    measure_step_costs,
+)
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """Comma-separated integers: "1,2,4" -> (1, 2, 4)."""
+    return tuple(int(v) for v in text.split(","))
 
 
 def main() -> None:
@@ -26,13 +37,15 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
                    help="seconds after which no further repetition round starts")
     p.add_argument("--cache-len", type=int, default=256)
+    p.add_argument("--verify-sizes", type=sizes, default=VERIFY_SIZES,
+                   help="comma-separated verify pass sizes T, increasing")
     p.add_argument("--json", help="also write the numbers to this file")
     args = p.parse_args()
     pipe = load(None, dtype=args.dtype, threads=args.threads, progress=False)
     head = resolve_head(None, pipe.model)
     t0 = time.perf_counter()
     costs = measure_step_costs(pipe.model, head, reps=args.reps, budget_s=args.budget,
-                               cache_len=args.cache_len)
+                               cache_len=args.cache_len, verify_sizes=args.verify_sizes)
     took = time.perf_counter() - t0
     print(f"default model, {args.dtype}, {args.threads} thread(s), cache {costs.cache_len}, "
           f"median of {costs.reps} rep(s), measured in {took:.2f} s "

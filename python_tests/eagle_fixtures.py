@@ -59,6 +59,24 @@ def check_same(model, strategy, prompts: list[list[int]], **kw):
     return stats
 
 
+def letters(ids: list[int]) -> str:
+    """Text of SMALL_VOCAB token ids, one letter each (a decoder for stop-string tests)."""
+    return "".join("abcdefgh"[i] for i in ids)
+
+
+def check_stop_strings(model, strategies) -> None:
+    """Stop strings taken from ``ar``'s own texts (so they fall inside accepted drafts): every
+    strategy's texts and finish reasons equal ``ar``'s under them."""
+    ref = ar_outputs(model, PROMPTS, max_new_tokens=20, decode=letters)
+    stop = [ref[0].text[5:7], ref[2].text[3:5]]
+    want = ar_outputs(model, PROMPTS, max_new_tokens=20, decode=letters, stop=stop)
+    for strategy in strategies:
+        got, _ = generate_ids(model, PROMPTS, method=strategy, max_new_tokens=20,
+                              decode=letters, stop=stop)
+        assert [g.text for g in got] == [w.text for w in want], getattr(strategy, "name", "")
+        assert [g.finish_reason for g in got] == [w.finish_reason for w in want]
+
+
 def random_static_tree(gen: torch.Generator, size: int, max_rank: int = 4):
     """``size`` rank paths forming a tree (each path's parent path is present)."""
     paths: list[tuple[int, ...]] = []

@@ -5,7 +5,13 @@ the shipped table), determinism, tree post-processing, and the harness."""
 import numpy as np
 import pytest
 import torch
-from eagle_fixtures import PROMPTS, check_same, one_thread, tiny_target  # noqa: F401
+from eagle_fixtures import (  # noqa: F401
+    PROMPTS,
+    check_same,
+    check_stop_strings,
+    one_thread,
+    tiny_target,
+)
 
 from adaeagle_ext.drafters.aded import DEFAULT_TABLE_PATH
 from adaeagle_ext.drafters.trigram import HEADER, TrigramFileError, count_trigrams
@@ -96,18 +102,7 @@ def test_eos_inside_drafts():
 
 def test_stop_strings_inside_drafts():
     model = tiny_target(seed=3)
-
-    def decode(ids):
-        return "".join("abcdefgh"[i] for i in ids)
-
-    ref, _ = generate_ids(model, PROMPTS, max_new_tokens=20, decode=decode)
-    stop = [ref[0].text[5:7], ref[2].text[3:5]]
-    want, _ = generate_ids(model, PROMPTS, max_new_tokens=20, decode=decode, stop=stop)
-    for strategy in strategies(model, 3)[:2]:
-        got, _ = generate_ids(model, PROMPTS, method=strategy, max_new_tokens=20,
-                              decode=decode, stop=stop)
-        assert [g.text for g in got] == [w.text for w in want]
-        assert [g.finish_reason for g in got] == [w.finish_reason for w in want]
+    check_stop_strings(model, strategies(model, 3)[:2])
 
 
 def test_near_the_cache_end():

@@ -5,6 +5,7 @@ import torch
 from eagle_fixtures import (  # noqa: F401
     PROMPTS,
     check_same,
+    check_stop_strings,
     one_thread,
     random_head,
     random_static_tree,
@@ -85,19 +86,7 @@ def test_eos_inside_drafts():
 def test_stop_strings_inside_drafts():
     model = tiny_target(seed=3)
     head = random_head(model, seed=3)
-
-    def decode(ids):
-        return "".join("abcdefgh"[i] for i in ids)
-
-    ref, _ = generate_ids(model, PROMPTS, max_new_tokens=20, decode=decode)
-    stop = [ref[0].text[5:7], ref[2].text[3:5]]
-    gen = torch.Generator().manual_seed(1)
-    for strategy in strategies(head, gen)[1::3]:
-        want, _ = generate_ids(model, PROMPTS, max_new_tokens=20, decode=decode, stop=stop)
-        got, _ = generate_ids(model, PROMPTS, method=strategy, max_new_tokens=20,
-                              decode=decode, stop=stop)
-        assert [g.text for g in got] == [w.text for w in want]
-        assert [g.finish_reason for g in got] == [w.finish_reason for w in want]
+    check_stop_strings(model, strategies(head, torch.Generator().manual_seed(1))[1::3])
 
 
 def test_near_the_cache_end():

@@ -141,16 +141,29 @@ def shifted(t: torch.Tensor, d: int, fill) -> torch.Tensor:
     return out
 
 
-def losses(head: EagleHead, tokens, inputs, targets, mask, cfg: TrainConfig, noise_scale=0.0):
-    """(total loss, regression loss, classification loss, logq, counted positions) of step 0,
-    plus per step [(logq, mask)] of every unrolled step (``cfg.unroll``); the total sums the
-    steps, later ones weighted by ``cfg.unroll_weight``. logq [count, draft V] holds the
-    head's log-probabilities at the counted positions."""
+@dataclass
+class Losses:
+    """One batch's losses. total: the training objective (every unrolled step, later ones
+    weighted by ``cfg.unroll_weight``); reg / cls: step 0's regression and classification
+    losses per counted position; count: step 0's counted positions; steps: per unrolled step
+    (logq [count_d, draft V], mask_d [B, L]), logq the head's log-probabilities at the
+    positions mask_d counts."""
+
+    total: torch.Tensor
+    reg: torch.Tensor
+    cls: torch.Tensor
+    count: torch.Tensor
+    steps: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def losses(head: EagleHead, tokens, inputs, targets, mask, cfg: TrainConfig,
+           noise_scale=0.0) -> Losses:
+    """The loss of one collated batch (see ``Losses``), ``cfg.unroll`` drafting steps deep."""
     if noise_scale > 0:
         inputs = inputs + (torch.rand_like(inputs) * 2 - 1) * noise_scale
     preds = head.forward_train_unrolled(tokens, inputs, cfg.unroll)
     w = head.head_weight.float()
-    total, steps = 0.0, []
+    total, steps, first = 0.0, [], None
     for d, pred in enumerate(preds):
         m_d = shifted(mask, d, False)
         t_d = shifted(targets, d, 0.0)
@@ -165,8 +178,8 @@ def losses(head: EagleHead, tokens, inputs, targets, mask, cfg: TrainConfig, noi
         total = total + weight * (cfg.w_reg * reg + cfg.w_cls * cls) / count
         steps.append((logq, m_d))
         if d == 0:
-            first = (reg / count, cls / count, logq, count)
-    return (total, *first, steps)
+            first = (reg / count, cls / count, count)
+    return Losses(total, *first, steps)
 
 
 @torch.no_grad()
@@ -181,10 +194,10 @@ def evaluate(head: EagleHead, seqs, cfg: TrainConfig, dtype) -> dict:
     counts = [0.0] * cfg.unroll
     for idx in batches(seqs, cfg.batch_tokens, None):
         tokens, inputs, targets, mask, amax = collate(seqs, idx, dtype)
-        loss, _, _, _, count, steps = losses(head, tokens, inputs, targets, mask, cfg)
-        tot += float(loss) * float(count)
-        n += float(count)
-        for d, (logq, m_d) in enumerate(steps):
+        got = losses(head, tokens, inputs, targets, mask, cfg)
+        tot += float(got.total) * float(got.count)
+        n += float(got.count)
+        for d, (logq, m_d) in enumerate(got.steps):
             best = head.to_target_ids(logq.argmax(-1))
             hits[d] += float((best == shifted(amax, d, -1)[m_d]).sum())
             counts[d] += float(m_d.sum())
@@ -260,17 +273,16 @@ def train(head: EagleHead, train_seqs, held_seqs, cfg: TrainConfig, checkpoint: 
             tokens, inputs, targets, mask, _ = collate(train_seqs, idx, dtype)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg)
-            loss, reg, cls, _, count, _ = losses(head, tokens, inputs, targets, mask, cfg,
-                                                 noise_scale)
+            got = losses(head, tokens, inputs, targets, mask, cfg, noise_scale)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            got.total.backward()
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
             opt.step()
             step += 1
-            seen_tokens += int(count)
+            seen_tokens += int(got.count)
             elapsed = time.perf_counter() - t_start
-            history.append({"step": step, "loss": float(loss.detach()),
-                            "reg": float(reg.detach()), "cls": float(cls.detach())})
+            history.append({"step": step, "loss": float(got.total.detach()),
+                            "reg": float(got.reg.detach()), "cls": float(got.cls.detach())})
             bar.update(1)
             last = history[-1]
             bar.set_postfix(loss=f"{last['loss']:.3f}", reg=f"{last['reg']:.3f}",
