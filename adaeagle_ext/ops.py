@@ -676,6 +676,43 @@ def linear(
 
 
 # ---------------------------------------------------------------------------------------------
+# rms_norm
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm of each row, in HF Llama's order, batch-invariant.
+
+    ``out = weight * round(x * rsqrt(mean(x^2) + eps))``: the mean square and the scaling in
+    fp32, ``round`` to x's dtype, then the product with weight rounded to x's dtype again
+    (``ref.rms_norm``). Each row's sum of squares runs in one fixed order, so a row alone and
+    the same row in any batch give identical bits.
+
+    Args:
+        x: [..., H] float32 or bfloat16 (float16 too on CUDA).
+        weight: [H], x's dtype.
+        eps: >= 0, added to the mean square.
+        out: optional [..., H] output of x's dtype (may be x itself: normalised in place).
+
+    Returns:
+        out [..., H].
+    """
+    if x.dim() < 1:
+        raise ValueError("rms_norm: x must be [..., H], got a 0-d tensor")
+    h = x.shape[-1]
+    x2 = x if x.dim() == 2 else x.reshape(-1, h)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    elif out.shape != x.shape:
+        raise ValueError(f"rms_norm: out must have x's shape {tuple(x.shape)}, got "
+                         f"{tuple(out.shape)}")
+    _op("rms_norm")(x2, weight, eps, out if out.dim() == 2 else out.view(x2.shape))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # aded_draft
 
 

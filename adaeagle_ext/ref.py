@@ -580,6 +580,18 @@ def linear_q8(
     return acc if bias is None else acc + bias.float()
 
 
+# rms_norm
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF Llama's RMSNorm: x [..., H], weight [H] of x's dtype -> [..., H] of x's dtype.
+    The mean square and the scaling in fp32, rounded to x's dtype, then times weight in x's
+    dtype (torch's summation order: equal to ``ops.rms_norm`` up to fp32 rounding)."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
 # aded_draft
 
 

@@ -7,12 +7,14 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 
+#include <cmath>
 #include <string>
 
 #include "adaeagle/build_tree.h"
 #include "adaeagle/gguf_blocks.h"
 #include "adaeagle/kv_compact.h"
 #include "adaeagle/ldlp_mlp.h"
+#include "adaeagle/rms_norm.h"
 #include "adaeagle/tree_attention.h"
 #include "adaeagle/verify_greedy.h"
 #include "adaeagle/verify_sampling.h"
@@ -22,6 +24,7 @@
 #include "cpu/kv_compact.h"
 #include "cpu/ldlp_mlp.h"
 #include "cpu/linear.h"
+#include "cpu/rms_norm.h"
 #include "cpu/tree_attention.h"
 #include "cpu/verify_greedy.h"
 #include "cpu/verify_sampling.h"
@@ -92,6 +95,10 @@ TORCH_LIBRARY(adaeagle, m) {
   m.def(
       "linear(Tensor x, Tensor weight, int ggml_type, Tensor? bias, Tensor(a!) out, "
       "int act_quant=0) -> ()");
+
+  // RMSNorm of each row, batch-invariant: out = weight * round(x * rsqrt(mean(x^2) + eps)).
+  // out may be x itself.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps, Tensor(a!) out) -> ()");
 
   // ADED draft tree (CPU only): MCTS over a tri-gram table plus a per-generation overlay from the
   // last two context tokens; writes a padded parents/tokens tree and its node count.
@@ -729,6 +736,59 @@ TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("ldlp_mlp", &ldlp_mlp_cpu); }
 TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("ldlp_mlp", &ldlp_mlp_cuda); }
 #endif
 
+
+// ---------------------------------------------------------------------------------------------
+// rms_norm
+
+namespace {
+
+RmsDtype check_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
+                        const at::Tensor& out, bool half_ok) {
+  constexpr const char* op = "rms_norm";
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || (half_ok && dtype == at::kHalf),
+              op, ": x must be float32 or bfloat16", half_ok ? " or float16" : "",
+              " on this device, got ", dtype);
+  check_tensor(x, op, "x", dtype, 2, x.device());
+  check_tensor(weight, op, "weight (same dtype as x)", dtype, 1, x.device());
+  check_size(weight, op, "weight", 0, x.size(1));
+  check_tensor(out, op, "out (same dtype as x)", dtype, 2, x.device());
+  check_size(out, op, "out", 0, x.size(0));
+  check_size(out, op, "out", 1, x.size(1));
+  TORCH_CHECK(eps >= 0.0 && std::isfinite(eps), op, ": eps must be finite and >= 0, got ", eps);
+  if (!out.is_same(x)) {
+    at::assert_no_partial_overlap(out, x);
+    at::assert_no_internal_overlap(out);
+  }
+  at::assert_no_overlap(out, weight);
+  return dtype == at::kBFloat16 ? kRmsBFloat16 : dtype == at::kHalf ? kRmsFloat16 : kRmsFloat32;
+}
+
+void rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps,
+                  const at::Tensor& out) {
+  const RmsDtype dtype = check_rms_norm(x, weight, eps, out, false);
+  cpu::rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), dtype, x.size(0), x.size(1),
+                static_cast<float>(eps));
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void rms_norm_cuda(const at::Tensor& x, const at::Tensor& weight, double eps,
+                   const at::Tensor& out) {
+  const RmsDtype dtype = check_rms_norm(x, weight, eps, out, true);
+  TORCH_CHECK(x.size(0) <= INT32_MAX, "rms_norm: too many rows for the CUDA kernel");
+  const c10::cuda::CUDAGuard guard(x.device());
+  ADAEAGLE_CUDA_CHECK(launch_rms_norm(x.data_ptr(), weight.data_ptr(), out.data_ptr(), dtype,
+                                      x.size(0), x.size(1), static_cast<float>(eps),
+                                      at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("rms_norm", &rms_norm_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("rms_norm", &rms_norm_cuda); }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // linear

@@ -6,15 +6,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from adaeagle_ext import ops
+from adaeagle_ext._build import extension_available
 from adaeagle_ext.models.attention import tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
 from adaeagle_ext.models.packed_layers import PackedEmbedding, PackedLinear
 from adaeagle_ext.packed import PackedWeight
 
+_FUSED_NORM = extension_available()
+_FUSED_NORM_DTYPES = (torch.float32, torch.bfloat16)
+
 
 class RMSNorm(nn.Module):
-    """``x / rms(x) * weight``, normalised in float32 and cast back (as HF does)."""
+    """``x / rms(x) * weight``, normalised in float32 and cast back (as HF does).
+
+    Runs the fused, batch-invariant ``ops.rms_norm`` when the extension is built, x and weight
+    share a dtype it takes and no gradient is needed; else the same formula in PyTorch ops.
+    """
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -22,6 +31,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (_FUSED_NORM and x.dtype == w.dtype and x.dtype in _FUSED_NORM_DTYPES
+                and x.device == w.device and x.device.type in ("cpu", "cuda")
+                and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+            return ops.rms_norm(x, w, self.eps)
         x32 = x if x.dtype == torch.float32 else x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * (x32 if x.dtype == torch.float32 else x32.to(x.dtype))
