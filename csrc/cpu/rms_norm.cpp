@@ -18,11 +18,11 @@ void row_f32(const float* x, const float* w, float* y, int64_t h, float eps) {
 
 void row_bf16(const uint16_t* x, const uint16_t* w, uint16_t* y, int64_t h, float eps,
               float* buf) {
-  for (int64_t j = 0; j < h; ++j) buf[j] = rms_bf16_to_f32(x[j]);
+  for (int64_t j = 0; j < h; ++j) buf[j] = bf16_bits_to_f32(x[j]);
   const float r = rms_inverse(rms_sum_squares(buf, h), h, eps);
   for (int64_t j = 0; j < h; ++j) {
-    const float normed = rms_bf16_to_f32(rms_f32_to_bf16(buf[j] * r));
-    y[j] = rms_f32_to_bf16(rms_bf16_to_f32(w[j]) * normed);
+    const float normed = bf16_bits_to_f32(rms_f32_to_bf16(buf[j] * r));
+    y[j] = rms_f32_to_bf16(bf16_bits_to_f32(w[j]) * normed);
   }
 }
 

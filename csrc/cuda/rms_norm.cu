@@ -1,8 +1,6 @@
 // rms_norm on CUDA: one block per row. Each thread sums the squares of a strided slice of the
 // row, warps reduce by shuffles and warp sums are added in warp order: a fixed order per row.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "adaeagle/cuda_convert.cuh"
 #include "adaeagle/rms_norm.h"
 
 namespace adaeagle {
@@ -11,21 +9,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpSize = 32;
 constexpr int kWarps = kThreads / kWarpSize;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -36,7 +19,7 @@ __global__ void __launch_bounds__(kThreads)
   T* yr = out + static_cast<int64_t>(blockIdx.x) * h;
   float sum = 0.0f;
   for (int64_t j = threadIdx.x; j < h; j += kThreads) {
-    const float v = to_f32(xr[j]);
+    const float v = to_float(xr[j]);
     sum += v * v;
   }
   for (int s = kWarpSize / 2; s > 0; s /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, s);
@@ -46,8 +29,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
   const float r = rms_inverse(total, h, eps);
   for (int64_t j = threadIdx.x; j < h; j += kThreads) {
-    const float normed = to_f32(from_f32<T>(to_f32(xr[j]) * r));
-    yr[j] = from_f32<T>(to_f32(weight[j]) * normed);
+    const float normed = to_float(from_float<T>(to_float(xr[j]) * r));
+    yr[j] = from_float<T>(to_float(weight[j]) * normed);
   }
 }
 

@@ -6,9 +6,7 @@
 //
 // Visible keys are taken one at a time in increasing row order, which for a tree is
 // root-to-node order: a tree row does the same arithmetic as its path run as a chain.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "adaeagle/cuda_convert.cuh"
 #include "adaeagle/tree_attention.h"
 
 namespace adaeagle {
@@ -17,21 +15,6 @@ namespace {
 constexpr int kWarpSize = 32;
 constexpr int kWarps = 4;
 constexpr int kMergeThreads = 256;
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) {

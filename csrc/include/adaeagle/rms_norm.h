@@ -11,9 +11,8 @@
 
 #include <math.h>
 
-#include <cstring>
-
 #include "adaeagle/common.h"
+#include "adaeagle/gguf_blocks.h"  // bf16_bits_to_f32, f32_to_bits
 
 namespace adaeagle {
 
@@ -21,25 +20,9 @@ constexpr int kRmsLanes = 8;
 
 enum RmsDtype : int32_t { kRmsFloat32 = 0, kRmsBFloat16 = 1, kRmsFloat16 = 2 };
 
-// fp32 <-> bf16 bit patterns, round to nearest even (NaN kept quiet), as c10::BFloat16.
-ADAEAGLE_HD float rms_bf16_to_f32(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-#endif
-}
-
+// fp32 -> bf16 bits, round to nearest even (NaN kept quiet), as c10::BFloat16.
 ADAEAGLE_HD uint16_t rms_f32_to_bf16(float f) {
-#if defined(__CUDA_ARCH__)
-  const uint32_t u = __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-#endif
+  const uint32_t u = f32_to_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
