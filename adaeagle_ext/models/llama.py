@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaeagle_ext import ops
+from adaeagle_ext import ops, ref
 from adaeagle_ext._build import extension_available
 from adaeagle_ext.models.attention import tree_attention
 from adaeagle_ext.models.config import LlamaConfig
@@ -22,7 +22,8 @@ class RMSNorm(nn.Module):
     """``x / rms(x) * weight``, normalised in float32 and cast back (as HF does).
 
     Runs the fused, batch-invariant ``ops.rms_norm`` when the extension is built, x and weight
-    share a dtype it takes and no gradient is needed; else the same formula in PyTorch ops.
+    share a dtype it takes and no gradient is needed; else ``ref.rms_norm``, the same formula in
+    PyTorch ops (differentiable).
     """
 
     def __init__(self, size: int, eps: float):
@@ -36,9 +37,7 @@ class RMSNorm(nn.Module):
                 and x.device == w.device and x.device.type in ("cpu", "cuda")
                 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
             return ops.rms_norm(x, w, self.eps)
-        x32 = x if x.dtype == torch.float32 else x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * (x32 if x.dtype == torch.float32 else x32.to(x.dtype))
+        return ref.rms_norm(x, w, self.eps)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
