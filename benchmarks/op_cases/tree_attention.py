@@ -11,7 +11,7 @@ from op_cases import Case
 
 HEADS, KV_HEADS, DIM = 9, 3, 64
 PREFIXES = (512, 2048)
-TREE_SIZES = (8, 26, 60)
+TREE_SIZES = (1, 8, 26, 60)
 DTYPES = (torch.float32, torch.bfloat16)
 LAYERS = 2
 

@@ -118,6 +118,56 @@ inline T from_float(float x) {
   return static_cast<T>(x);
 }
 
+// 8 consecutive elements of a K row in fp32.
+template <typename T>
+inline Vec8 load_row8(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return load8(p);
+  } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    typedef uint16_t U16x8 __attribute__((vector_size(16)));
+    U16x8 h;
+    std::memcpy(&h, p, sizeof h);
+    const Int8 bits = __builtin_convertvector(h, Int8) << 16;
+    Vec8 v;
+    std::memcpy(&v, &bits, sizeof v);
+    return v;
+  } else {
+    Vec8 v;
+    for (int i = 0; i < kLanes; ++i) v[i] = to_float(p[i]);
+    return v;
+  }
+}
+
+// kt[d * ld + i] = rows[i][d] for 8 rows and d < D: 8 x 8 register transposes (unpack,
+// shuffle, 128-bit swap), exact copies.
+template <typename T, int D>
+inline void transpose_rows8(const T* const* rows, float* kt, int ld) {
+  for (int d0 = 0; d0 < D; d0 += kLanes) {
+    Vec8 r[kLanes], t[kLanes];
+    for (int i = 0; i < kLanes; ++i) r[i] = load_row8(rows[i] + d0);
+    for (int i = 0; i < kLanes; i += 2) {
+      t[i] = __builtin_shuffle(r[i], r[i + 1], Int8{0, 8, 1, 9, 4, 12, 5, 13});
+      t[i + 1] = __builtin_shuffle(r[i], r[i + 1], Int8{2, 10, 3, 11, 6, 14, 7, 15});
+    }
+    for (int i = 0; i < kLanes; i += 4) {
+      for (int j = 0; j < 2; ++j) {
+        r[i + j] = __builtin_shuffle(t[i + j], t[i + j + 2], Int8{0, 1, 8, 9, 4, 5, 12, 13});
+        r[i + j + 2] =
+            __builtin_shuffle(t[i + j], t[i + j + 2], Int8{2, 3, 10, 11, 6, 7, 14, 15});
+      }
+    }
+    // r[s] (rows 0-3) and r[s + 4] (rows 4-7) now hold dims d0 + j and d0 + j + 4 in their
+    // 128-bit halves, s = 0, 2, 1, 3 for j = 0..3.
+    for (int j = 0; j < 4; ++j) {
+      const int src = j == 0 ? 0 : j == 1 ? 2 : j == 2 ? 1 : 3;  // dims d0 + j, d0 + j + 4
+      store8(kt + (d0 + j) * ld,
+             __builtin_shuffle(r[src], r[src + 4], Int8{0, 1, 2, 3, 8, 9, 10, 11}));
+      store8(kt + (d0 + j + 4) * ld,
+             __builtin_shuffle(r[src], r[src + 4], Int8{4, 5, 6, 7, 12, 13, 14, 15}));
+    }
+  }
+}
+
 template <typename T>
 struct Problem {
   const T* q;
@@ -160,29 +210,31 @@ Scratch& thread_scratch() {
   return s;
 }
 
-// Register tiles: kTileRows query rows x 16 columns (two vectors), 8 accumulators that leave
-// room for the operands in the 16 AVX2 registers. Row tails use tiles of 2 and 1 rows.
+// Register tiles: R query rows x V vectors of keys (scores) or output dims (accumulation),
+// R * V <= 12 accumulators plus the operands in the 16 AVX2 registers: 6 x 2 for the bulk of
+// the rows, 3 x 4 for a GQA group of 3 (a one-token step of the default model), 2 x 4 and 1 x 4
+// for the rest. The tile never changes a row's arithmetic, only how many rows share the loads.
 constexpr int kTileRows = 6;
-constexpr int kTileCols = 2 * kLanes;
+template <int R>
+constexpr int kTileVecs = R >= 6 ? 2 : 4;
 
 // sc [R][kBlock] = scores of R query rows q [R][D] against a transposed key block kt [D][kBlock].
 template <bool kAvx2, int D, int R>
 inline void score_tile(const float* q, const float* kt, float* sc) {
   constexpr int kBlock = kBlockFor<D>;
-  for (int col = 0; col < kBlock; col += kTileCols) {
-    Vec8 acc[R][2] = {};
+  constexpr int V = kTileVecs<R>;
+  for (int col = 0; col < kBlock; col += V * kLanes) {
+    Vec8 acc[R][V] = {};
     for (int d = 0; d < D; ++d) {
-      const Vec8 k0 = load8(kt + d * kBlock + col);
-      const Vec8 k1 = load8(kt + d * kBlock + col + kLanes);
+      Vec8 k[V];
+      for (int v = 0; v < V; ++v) k[v] = load8(kt + d * kBlock + col + v * kLanes);
       for (int r = 0; r < R; ++r) {
         const Vec8 x = bcast8<kAvx2>(q + r * D + d);
-        acc[r][0] += x * k0;
-        acc[r][1] += x * k1;
+        for (int v = 0; v < V; ++v) acc[r][v] += x * k[v];
       }
     }
     for (int r = 0; r < R; ++r) {
-      store8(sc + r * kBlock + col, acc[r][0]);
-      store8(sc + r * kBlock + col + kLanes, acc[r][1]);
+      for (int v = 0; v < V; ++v) store8(sc + r * kBlock + col + v * kLanes, acc[r][v]);
     }
   }
 }
@@ -235,24 +287,33 @@ template <bool kAvx2, int D, int R>
 inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys& blk,
                             const float* const* vrows, float* o) {
   constexpr int kBlock = kBlockFor<D>;
-  for (int col = 0; col < D; col += kTileCols) {
-    Vec8 acc[R][2];
+  constexpr int V = kTileVecs<R>;
+  for (int col = 0; col < D; col += V * kLanes) {
+    Vec8 acc[R][V];
     for (int r = 0; r < R; ++r) {
-      acc[r][0] = load8(o + r * D + col) * alpha[r];
-      acc[r][1] = load8(o + r * D + col + kLanes) * alpha[r];
+      for (int v = 0; v < V; ++v) acc[r][v] = load8(o + r * D + col + v * kLanes) * alpha[r];
     }
     for (int c = blk.first; c < blk.last; ++c) {
-      const Vec8 v0 = load8(vrows[c] + col);
-      const Vec8 v1 = load8(vrows[c] + col + kLanes);
-      for (int r = 0; r < R; ++r) {
-        const Vec8 x = bcast8<kAvx2>(w + r * kBlock + c);
-        acc[r][0] += x * v0;
-        acc[r][1] += x * v1;
+      // (V == 2 spelled out: the generic loop made GCC spill accumulators of the 6 x 2 tile.)
+      if constexpr (V == 2) {
+        const Vec8 v0 = load8(vrows[c] + col);
+        const Vec8 v1 = load8(vrows[c] + col + kLanes);
+        for (int r = 0; r < R; ++r) {
+          const Vec8 x = bcast8<kAvx2>(w + r * kBlock + c);
+          acc[r][0] += x * v0;
+          acc[r][1] += x * v1;
+        }
+      } else {
+        Vec8 vv[V];
+        for (int v = 0; v < V; ++v) vv[v] = load8(vrows[c] + col + v * kLanes);
+        for (int r = 0; r < R; ++r) {
+          const Vec8 x = bcast8<kAvx2>(w + r * kBlock + c);
+          for (int v = 0; v < V; ++v) acc[r][v] += x * vv[v];
+        }
       }
     }
     for (int r = 0; r < R; ++r) {
-      store8(o + r * D + col, acc[r][0]);
-      store8(o + r * D + col + kLanes, acc[r][1]);
+      for (int v = 0; v < V; ++v) store8(o + r * D + col + v * kLanes, acc[r][v]);
     }
   }
 }
@@ -272,6 +333,33 @@ inline void block_tile(int row, const float* qs, const float* kt, const BlockKey
   accumulate_tile<kAvx2, D, R>(sc, alpha, blk, vrows, o + row * D);
 }
 
+// A tile as a call of its own on the AVX2 path: inlined into the task loop, GCC kept
+// loop-invariant vectors of the surrounding code in registers and spilled the 6 x 2 tile's
+// accumulators.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+template <int D, int R>
+__attribute__((target("avx2,fma"), flatten, noinline)) void block_tile_avx2(
+    int row, const float* qs, const float* kt, const BlockKeys& blk, const float* const* vrows,
+    const uint64_t* bits, SoftmaxState* st, float* o) {
+  block_tile<true, D, R>(row, qs, kt, blk, vrows, bits, st, o);
+}
+#endif
+
+template <bool kAvx2, int D, int R>
+inline void run_tile(int row, const float* qs, const float* kt, const BlockKeys& blk,
+                     const float* const* vrows, const uint64_t* bits, SoftmaxState* st,
+                     float* o) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if constexpr (kAvx2) {
+    block_tile_avx2<D, R>(row, qs, kt, blk, vrows, bits, st, o);
+  } else {
+    block_tile<false, D, R>(row, qs, kt, blk, vrows, bits, st, o);
+  }
+#else
+  block_tile<false, D, R>(row, qs, kt, blk, vrows, bits, st, o);
+#endif
+}
+
 // One key block for query rows [begin, end), in register tiles. Tiles do not change a row's
 // arithmetic, only how many rows share the loads.
 template <bool kAvx2, int D>
@@ -280,10 +368,14 @@ inline void block_rows(int begin, int end, const float* qs, const float* kt,
                        SoftmaxState* st, float* o) {
   int r = begin;
   for (; r + kTileRows <= end; r += kTileRows) {
-    block_tile<kAvx2, D, kTileRows>(r, qs, kt, blk, vrows, bits, st, o);
+    run_tile<kAvx2, D, kTileRows>(r, qs, kt, blk, vrows, bits, st, o);
   }
-  for (; r + 2 <= end; r += 2) block_tile<kAvx2, D, 2>(r, qs, kt, blk, vrows, bits, st, o);
-  for (; r < end; ++r) block_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
+  if (r + 3 <= end) {
+    run_tile<kAvx2, D, 3>(r, qs, kt, blk, vrows, bits, st, o);
+    r += 3;
+  }
+  for (; r + 2 <= end; r += 2) run_tile<kAvx2, D, 2>(r, qs, kt, blk, vrows, bits, st, o);
+  for (; r < end; ++r) run_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
 }
 
 // Writes row r (tree token r / group, head g * group + r % group) of request b from its output
@@ -370,7 +462,10 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       num_visible[t] = n;
     }
   }
+  // Lanes outside the task keep whatever they held (zeros, or keys of an earlier block): their
+  // scores are masked to -inf.
   alignas(32) float kt[D * kBlock];
+  std::memset(kt, 0, sizeof kt);
   alignas(32) float vconv[kBlock * D];
   const float* vrows[kBlock];
   for (int bs = task.lo - task.lo % kBlock; bs < task.hi; bs += kBlock) {
@@ -380,14 +475,24 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     blk.last = std::min(task.hi - bs, kBlock);
     blk.prefix_len = prefix;
     blk.needs_mask = blk.first > 0 || blk.last < kBlock;
+    const int full_lo = blk.first, full_hi = std::min(blk.last, prefix - bs);
     for (int c = 0; c < kBlock; ++c) {
+      if (c % kLanes == 0 && c >= full_lo && c + kLanes <= full_hi) {
+        const T* krows[kLanes];
+        for (int i = 0; i < kLanes; ++i) {
+          krows[i] = kbase + static_cast<int64_t>(bs + c + i) * row_stride;
+        }
+        transpose_rows8<T, D>(krows, kt + c, kBlock);
+      }
+      const bool transposed = c - c % kLanes >= full_lo && c - c % kLanes + kLanes <= full_hi;
       if (c < blk.first || c >= blk.last || bs + c >= prefix) {  // tree lanes: per token
-        for (int d = 0; d < D; ++d) kt[d * kBlock + c] = 0.0f;
         vrows[c] = nullptr;
         continue;
       }
       const T* krow = kbase + static_cast<int64_t>(bs + c) * row_stride;
-      for (int d = 0; d < D; ++d) kt[d * kBlock + c] = to_float(krow[d]);
+      if (!transposed) {
+        for (int d = 0; d < D; ++d) kt[d * kBlock + c] = to_float(krow[d]);
+      }
       const T* vrow = vbase + static_cast<int64_t>(bs + c) * row_stride;
       if constexpr (std::is_same_v<T, float>) {
         vrows[c] = vrow;
