@@ -215,15 +215,17 @@ Scratch& thread_scratch() {
 // the rows, 3 x 4 for a GQA group of 3 (a one-token step of the default model), 2 x 4 and 1 x 4
 // for the rest. The tile never changes a row's arithmetic, only how many rows share the loads.
 constexpr int kTileRows = 6;
+constexpr int kColStep = 32;  // the widest tile's columns: blocks are scored in steps of it
 template <int R>
 constexpr int kTileVecs = R >= 6 ? 2 : 4;
 
 // sc [R][kBlock] = scores of R query rows q [R][D] against a transposed key block kt [D][kBlock].
 template <bool kAvx2, int D, int R>
-inline void score_tile(const float* q, const float* kt, float* sc) {
+inline void score_tile(const float* q, const float* kt, int cols, float* sc) {
   constexpr int kBlock = kBlockFor<D>;
   constexpr int V = kTileVecs<R>;
-  for (int col = 0; col < kBlock; col += V * kLanes) {
+  static_assert(kColStep % (V * kLanes) == 0);
+  for (int col = 0; col < cols; col += V * kLanes) {
     Vec8 acc[R][V] = {};
     for (int d = 0; d < D; ++d) {
       Vec8 k[V];
@@ -244,35 +246,42 @@ struct BlockKeys {
   int first, last;    // lanes [first, last) hold keys of the task
   bool needs_mask;    // some lane is outside the task or is a tree key
   int prefix_len;
+  int cols;           // lanes [0, cols) are scored, a multiple of kColStep >= last; the lanes
+                      // past it are masked keys, whose weights would be exact zeros
 };
 
-// Online-softmax step of one query row over a key block: masks the scores `sc` [kBlock],
+
+inline int scored_cols(int last, int block) {
+  return std::min(block, (last + kColStep - 1) / kColStep * kColStep);
+}
+
+// Online-softmax step of one query row over a key block: masks the scores `sc` [cols],
 // replaces them by their weights exp2(s - m) (all 0 when no key is visible), updates the state
 // and returns the factor for the row's previous output sum.
 template <int kBlock>
 inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, SoftmaxState* st) {
-  constexpr int kBlockVecs = kBlock / kLanes;
+  const int vecs = blk.cols / kLanes;
   if (blk.needs_mask) {
-    for (int c = 0; c < kBlock; ++c) {
+    for (int c = 0; c < blk.cols; ++c) {
       const bool visible = c >= blk.first && c < blk.last &&
                            attn_key_visible(blk.start + c, blk.prefix_len, bits);
       if (!visible) sc[c] = attn_neg_inf();
     }
   }
   Vec8 mx = load8(sc);
-  for (int v = 1; v < kBlockVecs; ++v) {
+  for (int v = 1; v < vecs; ++v) {
     const Vec8 s = load8(sc + v * kLanes);
     mx = mx > s ? mx : s;
   }
   const float block_max = hmax8(mx);
   if (block_max == attn_neg_inf()) {
-    for (int v = 0; v < kBlockVecs; ++v) store8(sc + v * kLanes, Vec8{});
+    for (int v = 0; v < vecs; ++v) store8(sc + v * kLanes, Vec8{});
     return 1.0f;
   }
   const float alpha = softmax_state_raise(st, block_max);
   const Vec8 m = splat8(st->m);
   Vec8 sum = {};
-  for (int v = 0; v < kBlockVecs; ++v) {
+  for (int v = 0; v < vecs; ++v) {
     const Vec8 w = exp2_8(load8(sc + v * kLanes) - m);
     store8(sc + v * kLanes, w);
     sum += w;
@@ -326,7 +335,7 @@ inline void block_tile(int row, const float* qs, const float* kt, const BlockKey
   constexpr int kBlock = kBlockFor<D>;
   alignas(32) float sc[R * kBlock];
   float alpha[R];
-  score_tile<kAvx2, D, R>(qs + row * D, kt, sc);
+  score_tile<kAvx2, D, R>(qs + row * D, kt, blk.cols, sc);
   for (int r = 0; r < R; ++r) {
     alpha[r] = softmax_block<kBlock>(sc + r * kBlock, blk, bits[row + r], &st[row + r]);
   }
@@ -475,6 +484,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     blk.last = std::min(task.hi - bs, kBlock);
     blk.prefix_len = prefix;
     blk.needs_mask = blk.first > 0 || blk.last < kBlock;
+    blk.cols = scored_cols(blk.last, kBlock);
     const int full_lo = blk.first, full_hi = std::min(blk.last, prefix - bs);
     for (int c = 0; c < kBlock; ++c) {
       if (c % kLanes == 0 && c >= full_lo && c + kLanes <= full_hi) {
@@ -513,6 +523,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       tb.last = std::min(blk.last, prefix + num_visible[t] - bs);
       if (tb.last <= tb.first) continue;  // no key of this token in the block
       tb.needs_mask = tb.first > 0 || tb.last < kBlock;
+      tb.cols = scored_cols(tb.last, kBlock);
       for (int c = tree_lane; c < tb.last; ++c) {
         const int node = anc[t * kMaxTreeNodes + bs + c - prefix];
         const float* krow = ktree + node * D;
