@@ -478,6 +478,17 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   alignas(32) float vconv[kBlock * D];
   const float* vrows[kBlock];
   for (int bs = task.lo - task.lo % kBlock; bs < task.hi; bs += kBlock) {
+    // The next block's K/V rows, strided by the other heads' rows, are fetched while this one
+    // is computed (a decode step finds them in DRAM or L3, not L2).
+    const int next_end = std::min(bs + 2 * kBlock, std::min(task.hi, prefix));
+    for (int j = bs + kBlock; j < next_end; ++j) {
+      const char* krow = reinterpret_cast<const char*>(kbase + int64_t{j} * row_stride);
+      const char* vrow = reinterpret_cast<const char*>(vbase + int64_t{j} * row_stride);
+      for (int byte = 0; byte < static_cast<int>(D * sizeof(T)); byte += 64) {
+        __builtin_prefetch(krow + byte);
+        __builtin_prefetch(vrow + byte);
+      }
+    }
     BlockKeys blk;
     blk.start = bs;
     blk.first = std::max(task.lo - bs, 0);
