@@ -15,8 +15,15 @@
 #include <algorithm>
 #include <cstring>
 
-#include "adaeagle/gguf_blocks.h"  // bf16_bits_to_f32
-#include "adaeagle/rms_norm.h"     // rms_f32_to_bf16
+#include "adaeagle/gguf_blocks.h"  // bf16_bits_to_f32, bits_to_f32, f32_to_bits
+
+// The element loops are compiled twice, for baseline x86-64 (SSE2) and for AVX2 (twice as wide;
+// picked at run time): always_inline lets them take the ISA of the function they land in.
+#define ROPE_INLINE __attribute__((always_inline)) inline
+#if defined(__x86_64__) || defined(__i386__)
+#define ROPE_HAS_AVX2_CLONE 1
+#define ROPE_AVX2 __attribute__((target("avx2")))
+#endif
 
 namespace adaeagle::cpu {
 namespace {
@@ -25,58 +32,112 @@ namespace {
 constexpr int64_t kElementsPerTask = 1 << 14;
 constexpr int64_t kMinTokensPerTask = 8;
 
-// Element types: float, or bf16 as its bits.
-float load(float x) { return x; }
-float load(uint16_t x) { return bf16_bits_to_f32(x); }
-void store(float v, float* out) { *out = v; }
-void store(float v, uint16_t* out) { *out = rms_f32_to_bf16(v); }
-
-// v rounded to the storage type T, back in fp32.
-template <typename T>
-float round_to(float v) {
-  T t;
-  store(v, &t);
-  return load(t);
+// v rounded to bf16 (nearest even; a NaN stays a quiet NaN, as rms_f32_to_bf16), as fp32: all
+// in 32-bit lanes, which vectorise far better than a round trip through 16-bit values.
+ROPE_INLINE float round_bf16(float v) {
+  const uint32_t u = f32_to_bits(v);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const uint32_t quiet_nan = (u & 0xffff0000u) | 0x00400000u;
+  return bits_to_f32((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
+
+// Element types: float, or bf16 as its bits.
+ROPE_INLINE float load(float x) { return x; }
+ROPE_INLINE float load(uint16_t x) { return bf16_bits_to_f32(x); }
+ROPE_INLINE void store(float v, float* out) { *out = v; }
+ROPE_INLINE void store(float v, uint16_t* out) {
+  *out = static_cast<uint16_t>(f32_to_bits(round_bf16(v)) >> 16);
+}
+ROPE_INLINE float round_to(float v, const float*) { return v; }
+ROPE_INLINE float round_to(float v, const uint16_t*) { return round_bf16(v); }
 
 // One q or k head: out = round(round(x * cos) + round(rotate_half(x) * sin)).
 template <typename T>
-void rope_head(const T* x, const T* cos, const T* sin, T* out, int64_t half) {
+ROPE_INLINE void rope_head(const T* __restrict__ x, const T* __restrict__ cos,
+                           const T* __restrict__ sin, T* __restrict__ out, int64_t half) {
   for (int64_t e = 0; e < half; ++e) {
-    const float a = round_to<T>(load(x[e]) * load(cos[e]));
-    const float b = round_to<T>(-load(x[e + half]) * load(sin[e]));
+    const float a = round_to(load(x[e]) * load(cos[e]), x);
+    const float b = round_to(-load(x[e + half]) * load(sin[e]), x);
     store(a + b, out + e);
   }
   for (int64_t e = half; e < 2 * half; ++e) {
-    const float a = round_to<T>(load(x[e]) * load(cos[e]));
-    const float b = round_to<T>(load(x[e - half]) * load(sin[e]));
+    const float a = round_to(load(x[e]) * load(cos[e]), x);
+    const float b = round_to(load(x[e - half]) * load(sin[e]), x);
     store(a + b, out + e);
   }
 }
 
 template <typename T>
-void run(const T* qkv, const T* cos, const T* sin, T* cache, int64_t layer,
-         const int64_t* req, const int64_t* rows, T* q_out, const RopeShape& s) {
+struct Args {
+  const T* qkv;
+  const T* cos;
+  const T* sin;
+  T* cache;
+  int64_t layer;
+  const int64_t* req;
+  const int64_t* rows;
+  T* q_out;
+  RopeShape s;
+};
+
+template <typename T>
+ROPE_INLINE void tokens_body(const Args<T>& a, int64_t begin, int64_t end) {
+  const RopeShape& s = a.s;
   const int64_t d = s.head_dim, half = d / 2, width = rope_qkv_width(s);
   const int64_t kv_row = s.num_kv_heads * d;
-  const int64_t grain = std::max(kMinTokensPerTask, kElementsPerTask / std::max<int64_t>(1, width));
-  at::parallel_for(0, s.num_tokens, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const T* x = qkv + i * width;
-      const T* c = cos + i * d;
-      const T* sn = sin + i * d;
-      for (int64_t h = 0; h < s.num_heads; ++h) {
-        rope_head(x + h * d, c, sn, q_out + (i * s.num_heads + h) * d, half);
-      }
-      T* k_dst = cache + rope_cache_offset(s, layer, 0, req[i], rows[i]);
-      const T* k_src = x + s.num_heads * d;
-      for (int64_t h = 0; h < s.num_kv_heads; ++h) {
-        rope_head(k_src + h * d, c, sn, k_dst + h * d, half);
-      }
-      T* v_dst = cache + rope_cache_offset(s, layer, 1, req[i], rows[i]);
-      std::memcpy(v_dst, k_src + kv_row, static_cast<size_t>(kv_row) * sizeof(T));
+  for (int64_t i = begin; i < end; ++i) {
+    const T* x = a.qkv + i * width;
+    const T* c = a.cos + i * d;
+    const T* sn = a.sin + i * d;
+    for (int64_t h = 0; h < s.num_heads; ++h) {
+      rope_head(x + h * d, c, sn, a.q_out + (i * s.num_heads + h) * d, half);
     }
-  });
+    T* k_dst = a.cache + rope_cache_offset(s, a.layer, 0, a.req[i], a.rows[i]);
+    const T* k_src = x + s.num_heads * d;
+    for (int64_t h = 0; h < s.num_kv_heads; ++h) {
+      rope_head(k_src + h * d, c, sn, k_dst + h * d, half);
+    }
+    T* v_dst = a.cache + rope_cache_offset(s, a.layer, 1, a.req[i], a.rows[i]);
+    std::memcpy(v_dst, k_src + kv_row, static_cast<size_t>(kv_row) * sizeof(T));
+  }
+}
+
+template <typename T>
+void tokens_baseline(const Args<T>& a, int64_t begin, int64_t end) {
+  tokens_body(a, begin, end);
+}
+
+#ifdef ROPE_HAS_AVX2_CLONE
+template <typename T>
+ROPE_AVX2 void tokens_avx2(const Args<T>& a, int64_t begin, int64_t end) {
+  tokens_body(a, begin, end);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+template <typename T>
+void run(const Args<T>& a) {
+  auto tokens = &tokens_baseline<T>;
+#ifdef ROPE_HAS_AVX2_CLONE
+  if (cpu_has_avx2()) tokens = &tokens_avx2<T>;
+#endif
+  const int64_t width = std::max<int64_t>(1, rope_qkv_width(a.s));
+  const int64_t grain = std::max(kMinTokensPerTask, kElementsPerTask / width);
+  at::parallel_for(0, a.s.num_tokens, grain,
+                   [&](int64_t begin, int64_t end) { tokens(a, begin, end); });
+}
+
+template <typename T>
+void run_typed(const void* qkv, const void* cos, const void* sin, void* kv_cache,
+               int64_t layer, const int64_t* req, const int64_t* rows, void* q_out,
+               const RopeShape& shape) {
+  run(Args<T>{static_cast<const T*>(qkv), static_cast<const T*>(cos),
+              static_cast<const T*>(sin), static_cast<T*>(kv_cache), layer, req, rows,
+              static_cast<T*>(q_out), shape});
 }
 
 }  // namespace
@@ -92,13 +153,9 @@ void rope_store_kv(const void* qkv, const void* cos, const void* sin, void* kv_c
   }
   if (shape.num_tokens == 0) return;
   if (dtype == kRopeFloat32) {
-    run(static_cast<const float*>(qkv), static_cast<const float*>(cos),
-        static_cast<const float*>(sin), static_cast<float*>(kv_cache), layer, req, rows,
-        static_cast<float*>(q_out), shape);
+    run_typed<float>(qkv, cos, sin, kv_cache, layer, req, rows, q_out, shape);
   } else {
-    run(static_cast<const uint16_t*>(qkv), static_cast<const uint16_t*>(cos),
-        static_cast<const uint16_t*>(sin), static_cast<uint16_t*>(kv_cache), layer, req, rows,
-        static_cast<uint16_t*>(q_out), shape);
+    run_typed<uint16_t>(qkv, cos, sin, kv_cache, layer, req, rows, q_out, shape);
   }
 }
 
