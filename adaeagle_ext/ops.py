@@ -713,6 +713,75 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *,
 
 
 # ---------------------------------------------------------------------------------------------
+# rope_store_kv
+
+
+def rope_store_kv(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kv_cache: torch.Tensor,
+    layer: int,
+    req: torch.Tensor,
+    rows: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    *,
+    q_out: torch.Tensor | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    """Rotary embedding of q and k plus the K/V cache write of N tokens, in one op.
+
+    Bit for bit what the model's PyTorch code computes (``ref.rope_store_kv``): with
+    ``rotate_half(x) = cat(-x[..., D/2:], x[..., :D/2])``, each q and k head becomes
+    ``x * cos + rotate_half(x) * sin`` where both products and the sum are rounded to the
+    dtype on their own (fp32 arithmetic, no FMA); k goes to ``kv_cache[layer, 0, req[i],
+    rows[i]]`` and v, unchanged, to ``kv_cache[layer, 1, req[i], rows[i]]``. Other cache rows
+    are untouched. The (req, row) pairs should be distinct (else one of the writes wins).
+
+    Args:
+        qkv: [N, (H + 2 * Hkv) * D] float32 or bfloat16 (float16 too on CUDA), contiguous: each
+            token's H query heads, then Hkv key heads, then Hkv value heads; D even.
+        cos, sin: [N, D] or [N, 1, D] (``rope_cos_sin``'s tables), qkv's dtype.
+        kv_cache: [L, 2, B, S_max, Hkv, D], qkv's dtype, contiguous; written in place.
+        layer: in [0, L).
+        req, rows: int64 [N], each token's request (< B) and cache row (< S_max).
+        num_heads, num_kv_heads: H and Hkv.
+        q_out: optional preallocated [N, H, D] of qkv's dtype (the hot path); it and kv_cache
+            must not share memory with the inputs.
+        validate: on CUDA, check req and rows on the host first (one sync). The CPU kernel
+            always checks them before writing anything (a RuntimeError naming the token);
+            unvalidated out-of-range tokens on CUDA write no cache row.
+
+    Returns:
+        q_out [N, H, D], the roped queries.
+    """
+    if cos.dim() == 3:
+        cos = cos.view(cos.shape[0], cos.shape[2])
+    if sin.dim() == 3:
+        sin = sin.view(sin.shape[0], sin.shape[2])
+    if q_out is None:
+        dim = kv_cache.shape[-1] if kv_cache.dim() == 6 else 0
+        q_out = torch.empty(qkv.shape[0], num_heads, dim, dtype=qkv.dtype, device=qkv.device)
+    if validate and qkv.device.type != "cpu" and kv_cache.dim() == 6:
+        _validate_cache_rows("rope_store_kv", req, rows, kv_cache.shape[2], kv_cache.shape[3])
+    _op("rope_store_kv")(qkv, cos, sin, kv_cache, layer, req, rows, num_heads, num_kv_heads,
+                         q_out)
+    return q_out
+
+
+def _validate_cache_rows(op: str, req: torch.Tensor, rows: torch.Tensor, batch: int,
+                         s_max: int) -> None:
+    """Host-side version of the CPU kernel's req/rows checks (one sync), for CUDA inputs."""
+    for i, (r, row) in enumerate(zip(req.cpu().tolist(), rows.cpu().tolist(), strict=True)):
+        if not 0 <= r < batch:
+            raise RuntimeError(f"{op}: req[{i}]={r} is out of range [0, {batch}) (kv_cache dim 2)")
+        if not 0 <= row < s_max:
+            raise RuntimeError(f"{op}: rows[{i}]={row} is out of range [0, {s_max}) "
+                               "(kv_cache dim 3)")
+
+
+# ---------------------------------------------------------------------------------------------
 # aded_draft
 
 

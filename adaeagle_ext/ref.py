@@ -592,6 +592,35 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * normed.to(x.dtype)
 
 
+# rope_store_kv
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """cat(-x[..., D/2:], x[..., :D/2]) of x [..., D]."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_store_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  kv_cache: torch.Tensor, layer: int, req: torch.Tensor, rows: torch.Tensor,
+                  num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """RoPE of q and k and the cache write in PyTorch ops (the model's code before the op).
+
+    qkv [N, (H + 2 Hkv) D]; cos, sin [N, D] or [N, 1, D]; kv_cache [L, 2, B, S_max, Hkv, D],
+    written at ``[layer, 0 / 1, req[i], rows[i]]`` with the roped k / the v of token i; req, rows
+    int64 [N]. All of one dtype, each op rounding to it. Returns the roped q [N, H, D].
+    """
+    n, h, kv = qkv.shape[0], num_heads, num_kv_heads
+    d = kv_cache.shape[-1]
+    cos, sin = cos.reshape(n, 1, d), sin.reshape(n, 1, d)
+    qk = qkv[:, :(h + kv) * d].view(n, h + kv, d)
+    qk = qk * cos + rotate_half(qk) * sin
+    q, k, v = qk[:, :h], qk[:, h:], qkv[:, (h + kv) * d:].view(n, kv, d)
+    kv_cache[layer, 0, req, rows] = k
+    kv_cache[layer, 1, req, rows] = v
+    return q
+
+
 # aded_draft
 
 

@@ -15,6 +15,7 @@
 #include "adaeagle/kv_compact.h"
 #include "adaeagle/ldlp_mlp.h"
 #include "adaeagle/rms_norm.h"
+#include "adaeagle/rope_store_kv.h"
 #include "adaeagle/tree_attention.h"
 #include "adaeagle/verify_greedy.h"
 #include "adaeagle/verify_sampling.h"
@@ -25,6 +26,7 @@
 #include "cpu/ldlp_mlp.h"
 #include "cpu/linear.h"
 #include "cpu/rms_norm.h"
+#include "cpu/rope_store_kv.h"
 #include "cpu/tree_attention.h"
 #include "cpu/verify_greedy.h"
 #include "cpu/verify_sampling.h"
@@ -99,6 +101,13 @@ TORCH_LIBRARY(adaeagle, m) {
   // RMSNorm of each row, batch-invariant: out = weight * round(x * rsqrt(mean(x^2) + eps)).
   // out may be x itself.
   m.def("rms_norm(Tensor x, Tensor weight, float eps, Tensor(a!) out) -> ()");
+
+  // RoPE of q and k (each product rounded to the dtype, as PyTorch's separate ops) and the
+  // cache write: q_out gets the roped queries, kv_cache[layer, 0 / 1, req[i], rows[i]] token i's
+  // roped keys / its values.
+  m.def(
+      "rope_store_kv(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) kv_cache, int layer, "
+      "Tensor req, Tensor rows, int num_heads, int num_kv_heads, Tensor(b!) q_out) -> ()");
 
   // ADED draft tree (CPU only): MCTS over a tri-gram table plus a per-generation overlay from the
   // last two context tokens; writes a padded parents/tokens tree and its node count.
@@ -788,6 +797,103 @@ void rms_norm_cuda(const at::Tensor& x, const at::Tensor& weight, double eps,
 TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("rms_norm", &rms_norm_cpu); }
 #ifdef ADAEAGLE_WITH_CUDA
 TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("rms_norm", &rms_norm_cuda); }
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// rope_store_kv
+
+namespace {
+
+RopeShape check_rope_store_kv(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                              const at::Tensor& kv_cache, int64_t layer, const at::Tensor& req,
+                              const at::Tensor& rows, int64_t num_heads, int64_t num_kv_heads,
+                              const at::Tensor& q_out, bool half_ok) {
+  constexpr const char* op = "rope_store_kv";
+  const auto dtype = qkv.scalar_type();
+  const auto dev = qkv.device();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || (half_ok && dtype == at::kHalf),
+              op, ": qkv must be float32 or bfloat16", half_ok ? " or float16" : "",
+              " on this device, got ", dtype);
+  check_tensor(qkv, op, "qkv", dtype, 2, dev);
+  check_tensor(kv_cache, op, "kv_cache (same dtype as qkv)", dtype, 6, dev);
+  TORCH_CHECK(kv_cache.size(1) == 2, op, ": kv_cache must be [L, 2, B, S_max, Hkv, D], got ",
+              "shape ", kv_cache.sizes());
+  TORCH_CHECK(num_heads >= 1 && num_kv_heads >= 1, op, ": num_heads and num_kv_heads must be ",
+              ">= 1, got ", num_heads, " and ", num_kv_heads);
+  check_size(kv_cache, op, "kv_cache", 4, num_kv_heads);
+  const int64_t n = qkv.size(0), dim = kv_cache.size(5);
+  TORCH_CHECK(dim > 0 && dim % 2 == 0, op, ": head dim D (kv_cache.size(5)) must be even and ",
+              "> 0, got ", dim);
+  TORCH_CHECK(qkv.size(1) == (num_heads + 2 * num_kv_heads) * dim, op,
+              ": qkv.size(1) must be (num_heads + 2 * num_kv_heads) * D = (", num_heads,
+              " + 2 * ", num_kv_heads, ") * ", dim, ", got shape ", qkv.sizes());
+  TORCH_CHECK(layer >= 0 && layer < kv_cache.size(0), op, ": layer must be in [0, ",
+              kv_cache.size(0), "), got ", layer);
+  for (const auto& [t, name] : {std::pair{&cos, "cos (same dtype as qkv)"},
+                                {&sin, "sin (same dtype as qkv)"}}) {
+    check_tensor(*t, op, name, dtype, 2, dev);
+    check_size(*t, op, name, 0, n);
+    check_size(*t, op, name, 1, dim);
+  }
+  check_tensor(req, op, "req", at::kLong, 1, dev);
+  check_size(req, op, "req", 0, n);
+  check_tensor(rows, op, "rows", at::kLong, 1, dev);
+  check_size(rows, op, "rows", 0, n);
+  check_tensor(q_out, op, "q_out (same dtype as qkv)", dtype, 3, dev);
+  check_size(q_out, op, "q_out", 0, n);
+  check_size(q_out, op, "q_out", 1, num_heads);
+  check_size(q_out, op, "q_out", 2, dim);
+  for (const at::Tensor* written : {&kv_cache, &q_out}) {
+    for (const at::Tensor* read : {&qkv, &cos, &sin, &req, &rows}) {
+      at::assert_no_overlap(*written, *read);
+    }
+  }
+  at::assert_no_overlap(q_out, kv_cache);
+  return {n, num_heads, num_kv_heads, dim, kv_cache.size(0), kv_cache.size(2), kv_cache.size(3)};
+}
+
+RopeDtype rope_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return kRopeFloat32;
+    case at::kBFloat16: return kRopeBFloat16;
+    default: return kRopeFloat16;
+  }
+}
+
+void rope_store_kv_cpu(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                       const at::Tensor& kv_cache, int64_t layer, const at::Tensor& req,
+                       const at::Tensor& rows, int64_t num_heads, int64_t num_kv_heads,
+                       const at::Tensor& q_out) {
+  const RopeShape shape = check_rope_store_kv(qkv, cos, sin, kv_cache, layer, req, rows,
+                                              num_heads, num_kv_heads, q_out, false);
+  cpu::rope_store_kv(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), kv_cache.data_ptr(), layer,
+                     req.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), q_out.data_ptr(),
+                     rope_dtype(qkv), shape);
+}
+
+#ifdef ADAEAGLE_WITH_CUDA
+void rope_store_kv_cuda(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                        const at::Tensor& kv_cache, int64_t layer, const at::Tensor& req,
+                        const at::Tensor& rows, int64_t num_heads, int64_t num_kv_heads,
+                        const at::Tensor& q_out) {
+  const RopeShape shape = check_rope_store_kv(qkv, cos, sin, kv_cache, layer, req, rows,
+                                              num_heads, num_kv_heads, q_out, true);
+  if (shape.num_tokens == 0) return;
+  TORCH_CHECK(qkv.numel() / 2 / 256 < INT32_MAX, "rope_store_kv: too many tokens for the CUDA ",
+              "kernel's grid");
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  ADAEAGLE_CUDA_CHECK(launch_rope_store_kv(
+      qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), kv_cache.data_ptr(), layer,
+      req.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), q_out.data_ptr(), rope_dtype(qkv),
+      shape, at::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(adaeagle, CPU, m) { m.impl("rope_store_kv", &rope_store_kv_cpu); }
+#ifdef ADAEAGLE_WITH_CUDA
+TORCH_LIBRARY_IMPL(adaeagle, CUDA, m) { m.impl("rope_store_kv", &rope_store_kv_cuda); }
 #endif
 
 // ---------------------------------------------------------------------------------------------

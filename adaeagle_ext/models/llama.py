@@ -16,6 +16,9 @@ from adaeagle_ext.packed import PackedWeight
 
 _FUSED_NORM = extension_available()
 _FUSED_NORM_DTYPES = (torch.float32, torch.bfloat16)
+# Packed-qkv attention runs RoPE and the cache write as one ``ops.rope_store_kv`` (same bits);
+# False forces the PyTorch code (tests, A/B timing).
+_FUSED_ROPE = extension_available()
 
 
 class RMSNorm(nn.Module):
@@ -40,9 +43,7 @@ class RMSNorm(nn.Module):
         return ref.rms_norm(x, w, self.eps)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+rotate_half = ref.rotate_half  # cat(-x[..., D/2:], x[..., :D/2])
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
@@ -50,6 +51,16 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.d
     freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+
+
+def _fused_rope_applies(qkv, cos, sin, buf, req, rows) -> bool:
+    """Whether ``ops.rope_store_kv`` takes these tensors (else the PyTorch code runs)."""
+    dt, dev = qkv.dtype, qkv.device
+    return (_FUSED_ROPE and dt in _FUSED_NORM_DTYPES and cos.dtype == dt and sin.dtype == dt
+            and buf.dtype == dt and dev.type in ("cpu", "cuda") and buf.device == dev
+            and cos.device == dev and req.device == dev and rows.device == dev
+            and buf.is_contiguous()
+            and not (torch.is_grad_enabled() and qkv.requires_grad))
 
 
 class Attention(nn.Module):
@@ -92,18 +103,22 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, rows, batch):
         n = x.shape[0]
-        if self.qkv_packed is None:
-            q, k, v = self.project(x, cos, sin)
-        else:
-            # RoPE on q and k in one go (elementwise: the same values as one at a time).
-            h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
-            qkv = self.qkv_packed.linear(x, self.qkv_bias)
-            qk = qkv[:, :(h + kv) * d].view(n, h + kv, d)
-            qk = qk * cos + rotate_half(qk) * sin
-            q, k, v = qk[:, :h], qk[:, h:], qkv[:, (h + kv) * d:].view(n, kv, d)
         buf = batch.cache.buf
-        buf[self.layer, 0, batch.req, rows] = k if k.dtype == buf.dtype else k.to(buf.dtype)
-        buf[self.layer, 1, batch.req, rows] = v if v.dtype == buf.dtype else v.to(buf.dtype)
+        h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = None if self.qkv_packed is None else self.qkv_packed.linear(x, self.qkv_bias)
+        if qkv is not None and _fused_rope_applies(qkv, cos, sin, buf, batch.req, rows):
+            q = ops.rope_store_kv(qkv, cos.view(n, d), sin.view(n, d), buf, self.layer,
+                                  batch.req, rows, h, kv)
+        else:
+            if qkv is None:
+                q, k, v = self.project(x, cos, sin)
+            else:
+                # RoPE on q and k in one go (elementwise: the same values as one at a time).
+                qk = qkv[:, :(h + kv) * d].view(n, h + kv, d)
+                qk = qk * cos + rotate_half(qk) * sin
+                q, k, v = qk[:, :h], qk[:, h:], qkv[:, (h + kv) * d:].view(n, kv, d)
+            buf[self.layer, 0, batch.req, rows] = k if k.dtype == buf.dtype else k.to(buf.dtype)
+            buf[self.layer, 1, batch.req, rows] = v if v.dtype == buf.dtype else v.to(buf.dtype)
         out = tree_attention(q, buf, self.layer, batch.prefix_lens, batch.tree_indptr,
                              batch.mask_bits, self.scale)
         return self.o_proj(out.reshape(n, -1))
