@@ -7,6 +7,7 @@ import transformers
 
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.llama import build_model
+from adaeagle_ext.models.tree_inputs import chain_inputs, tree_inputs
 
 
 def tiny_config(**changes) -> LlamaConfig:
@@ -51,3 +52,19 @@ def hf_model(config: LlamaConfig, weights, dtype=torch.float32):
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert not unexpected and all("lm_head" in k for k in missing), (missing, unexpected)
     return hf.to(dtype).eval()
+
+
+def chain_then_tree(model) -> list[torch.Tensor]:
+    """Two forwards of a 2-request batch into a fresh cache: chains of 9 and 4 prompt tokens,
+    then trees of 6 and 3 nodes. Returns both calls' (logits, hidden) and the cache buffer."""
+    g = torch.Generator().manual_seed(0)
+    cache = model.new_cache(2, 64)
+    zero = torch.zeros(2, dtype=torch.int32)
+    pos, ptr, bits = chain_inputs(torch.tensor([9, 4]), zero)
+    first = model(torch.randint(0, 101, (13,), generator=g), pos, ptr, bits, zero, cache)
+    parents = torch.tensor([-1, 0, 0, 1, 2, 2, -1, 0, 1], dtype=torch.int32)
+    ptr = torch.tensor([0, 6, 9], dtype=torch.int32)
+    prefix = torch.tensor([9, 4], dtype=torch.int32)
+    t_pos, t_bits = tree_inputs(parents, ptr, prefix)
+    second = model(torch.randint(0, 101, (9,), generator=g), t_pos, ptr, t_bits, prefix, cache)
+    return [*first, *second, cache.buf]

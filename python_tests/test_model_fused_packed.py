@@ -1,11 +1,10 @@
 """Packed q/k/v and gate/up run as one stacked ``ops.linear`` each: the same bits as apart."""
 
 import torch
-from model_fixtures import random_weights, tiny_config
+from model_fixtures import chain_then_tree, random_weights, tiny_config
 
 from adaeagle_ext import ops
 from adaeagle_ext.models.llama import build_model
-from adaeagle_ext.models.tree_inputs import chain_inputs, tree_inputs
 from adaeagle_ext.packed import PackedWeight
 
 
@@ -17,29 +16,15 @@ def packed_target(ggml_type: int):
     return build_model(config, weights, packed=packed)
 
 
-def run(model):
-    g = torch.Generator().manual_seed(0)
-    cache = model.new_cache(2, 64)
-    zero = torch.zeros(2, dtype=torch.int32)
-    pos, ptr, bits = chain_inputs(torch.tensor([9, 4]), zero)
-    first = model(torch.randint(0, 101, (13,), generator=g), pos, ptr, bits, zero, cache)
-    parents = torch.tensor([-1, 0, 0, 1, 2, 2, -1, 0, 1], dtype=torch.int32)
-    ptr = torch.tensor([0, 6, 9], dtype=torch.int32)
-    pl = torch.tensor([9, 4], dtype=torch.int32)
-    t_pos, t_bits = tree_inputs(parents, ptr, pl)
-    second = model(torch.randint(0, 101, (9,), generator=g), t_pos, ptr, t_bits, pl, cache)
-    return [*first, *second]
-
-
 def test_fused_layers_give_the_same_bits():
     for ggml_type in (ops.GGML_Q8_0, ops.GGML_Q4_1, ops.GGML_BF16):
         model = packed_target(ggml_type)
         attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
         assert attn.qkv_packed is not None and mlp.gate_up_packed is not None
-        fused = run(model)
+        fused = chain_then_tree(model)
         for layer in model.model.layers:
             layer.self_attn.qkv_packed = None
             layer.mlp.gate_up_packed = None
-        apart = run(model)
+        apart = chain_then_tree(model)
         for a, b in zip(fused, apart, strict=True):
             assert torch.equal(a, b)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_fixtures import random_weights, tiny_config
+from model_fixtures import chain_then_tree, random_weights, tiny_config
 
 from adaeagle_ext import ops, ref
 from adaeagle_ext.models import llama
-from adaeagle_ext.models.tree_inputs import chain_inputs, tree_inputs
 from adaeagle_ext.packed import PackedWeight
 
 
@@ -245,20 +244,6 @@ def packed_model(dtype):
     return llama.build_model(config, weights, dtype=dtype, packed=packed)
 
 
-def run_model(model):
-    g = torch.Generator().manual_seed(0)
-    cache = model.new_cache(2, 64)
-    zero = torch.zeros(2, dtype=torch.int32)
-    pos, ptr, bits = chain_inputs(torch.tensor([9, 4]), zero)
-    first = model(torch.randint(0, 101, (13,), generator=g), pos, ptr, bits, zero, cache)
-    parents = torch.tensor([-1, 0, 0, 1, 2, 2, -1, 0, 1], dtype=torch.int32)
-    ptr = torch.tensor([0, 6, 9], dtype=torch.int32)
-    pl = torch.tensor([9, 4], dtype=torch.int32)
-    t_pos, t_bits = tree_inputs(parents, ptr, pl)
-    second = model(torch.randint(0, 101, (9,), generator=g), t_pos, ptr, t_bits, pl, cache)
-    return [*first, *second, cache.buf]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_model_uses_the_op_and_the_fallback_gives_the_same_bits(dtype, monkeypatch):
     model = packed_model(dtype)
@@ -271,10 +256,10 @@ def test_model_uses_the_op_and_the_fallback_gives_the_same_bits(dtype, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ops, "rope_store_kv", counting)
-    fused = run_model(model)
+    fused = chain_then_tree(model)
     assert len(calls) == 2 * len(model.model.layers)
     monkeypatch.setattr(llama, "_FUSED_ROPE", False)
-    apart = run_model(model)
+    apart = chain_then_tree(model)
     assert len(calls) == 2 * len(model.model.layers)  # the fallback does not call it
     for a, b in zip(fused, apart, strict=True):
         assert torch.equal(a, b)
