@@ -21,8 +21,8 @@ void row_bf16(const uint16_t* x, const uint16_t* w, uint16_t* y, int64_t h, floa
   for (int64_t j = 0; j < h; ++j) buf[j] = bf16_bits_to_f32(x[j]);
   const float r = rms_inverse(rms_sum_squares(buf, h), h, eps);
   for (int64_t j = 0; j < h; ++j) {
-    const float normed = bf16_bits_to_f32(rms_f32_to_bf16(buf[j] * r));
-    y[j] = rms_f32_to_bf16(bf16_bits_to_f32(w[j]) * normed);
+    const float normed = f32_round_bf16(buf[j] * r);
+    y[j] = f32_to_bf16_bits(bf16_bits_to_f32(w[j]) * normed);
   }
 }
 

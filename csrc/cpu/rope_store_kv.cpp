@@ -15,7 +15,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "adaeagle/gguf_blocks.h"  // bf16_bits_to_f32, bits_to_f32, f32_to_bits
+#include "adaeagle/gguf_blocks.h"  // bf16_bits_to_f32, f32_round_bf16, f32_to_bf16_bits
 
 // The element loops are compiled twice, for baseline x86-64 (SSE2) and for AVX2 (twice as wide;
 // picked at run time): always_inline lets them take the ISA of the function they land in.
@@ -32,24 +32,15 @@ namespace {
 constexpr int64_t kElementsPerTask = 1 << 14;
 constexpr int64_t kMinTokensPerTask = 8;
 
-// v rounded to bf16 (nearest even; a NaN stays a quiet NaN, as rms_f32_to_bf16), as fp32: all
-// in 32-bit lanes, which vectorise far better than a round trip through 16-bit values.
-ROPE_INLINE float round_bf16(float v) {
-  const uint32_t u = f32_to_bits(v);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  const uint32_t quiet_nan = (u & 0xffff0000u) | 0x00400000u;
-  return bits_to_f32((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
-
 // Element types: float, or bf16 as its bits.
 ROPE_INLINE float load(float x) { return x; }
 ROPE_INLINE float load(uint16_t x) { return bf16_bits_to_f32(x); }
 ROPE_INLINE void store(float v, float* out) { *out = v; }
 ROPE_INLINE void store(float v, uint16_t* out) {
-  *out = static_cast<uint16_t>(f32_to_bits(round_bf16(v)) >> 16);
+  *out = f32_to_bf16_bits(v);
 }
 ROPE_INLINE float round_to(float v, const float*) { return v; }
-ROPE_INLINE float round_to(float v, const uint16_t*) { return round_bf16(v); }
+ROPE_INLINE float round_to(float v, const uint16_t*) { return f32_round_bf16(v); }
 
 // One q or k head: out = round(round(x * cos) + round(rotate_half(x) * sin)).
 template <typename T>

@@ -496,30 +496,34 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     blk.prefix_len = prefix;
     blk.needs_mask = blk.first > 0 || blk.last < kBlock;
     blk.cols = scored_cols(blk.last, kBlock);
-    const int full_lo = blk.first, full_hi = std::min(blk.last, prefix - bs);
-    for (int c = 0; c < kBlock; ++c) {
-      if (c % kLanes == 0 && c >= full_lo && c + kLanes <= full_hi) {
+    // The task's prefix keys, lanes [key_lo, key_hi): K transposed into kt (8 lanes at once
+    // where all 8 are keys), V rows pointed at or converted. Tree lanes are filled per token.
+    const int key_lo = blk.first, key_hi = std::min(blk.last, prefix - bs);
+    for (int c0 = 0; c0 < kBlock; c0 += kLanes) {
+      const bool whole = c0 >= key_lo && c0 + kLanes <= key_hi;
+      if (whole) {
         const T* krows[kLanes];
         for (int i = 0; i < kLanes; ++i) {
-          krows[i] = kbase + static_cast<int64_t>(bs + c + i) * row_stride;
+          krows[i] = kbase + static_cast<int64_t>(bs + c0 + i) * row_stride;
         }
-        transpose_rows8<T, D>(krows, kt + c, kBlock);
+        transpose_rows8<T, D>(krows, kt + c0, kBlock);
       }
-      const bool transposed = c - c % kLanes >= full_lo && c - c % kLanes + kLanes <= full_hi;
-      if (c < blk.first || c >= blk.last || bs + c >= prefix) {  // tree lanes: per token
-        vrows[c] = nullptr;
-        continue;
-      }
-      const T* krow = kbase + static_cast<int64_t>(bs + c) * row_stride;
-      if (!transposed) {
-        for (int d = 0; d < D; ++d) kt[d * kBlock + c] = to_float(krow[d]);
-      }
-      const T* vrow = vbase + static_cast<int64_t>(bs + c) * row_stride;
-      if constexpr (std::is_same_v<T, float>) {
-        vrows[c] = vrow;
-      } else {
-        for (int d = 0; d < D; ++d) vconv[c * D + d] = to_float(vrow[d]);
-        vrows[c] = vconv + c * D;
+      for (int c = c0; c < c0 + kLanes; ++c) {
+        if (c < key_lo || c >= key_hi) {
+          vrows[c] = nullptr;
+          continue;
+        }
+        if (!whole) {
+          const T* krow = kbase + static_cast<int64_t>(bs + c) * row_stride;
+          for (int d = 0; d < D; ++d) kt[d * kBlock + c] = to_float(krow[d]);
+        }
+        const T* vrow = vbase + static_cast<int64_t>(bs + c) * row_stride;
+        if constexpr (std::is_same_v<T, float>) {
+          vrows[c] = vrow;
+        } else {
+          for (int d = 0; d < D; ++d) vconv[c * D + d] = to_float(vrow[d]);
+          vrows[c] = vconv + c * D;
+        }
       }
     }
     if (bs + blk.last <= prefix) {  // prefix keys only: shared by every row

@@ -78,6 +78,20 @@ ADAEAGLE_HD float bf16_bits_to_f32(uint16_t h) {
   return bits_to_f32(static_cast<uint32_t>(h) << 16);
 }
 
+// f rounded to the nearest bf16 (ties to even; a NaN stays a quiet NaN, as c10::BFloat16),
+// as fp32: all in 32-bit lanes, which vectorise far better than a round trip through 16 bits.
+ADAEAGLE_HD float f32_round_bf16(float f) {
+  const uint32_t u = f32_to_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const uint32_t quiet_nan = (u & 0xffff0000u) | 0x00400000u;
+  return bits_to_f32((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+// f rounded to bf16, as its bits.
+ADAEAGLE_HD uint16_t f32_to_bf16_bits(float f) {
+  return static_cast<uint16_t>(f32_to_bits(f32_round_bf16(f)) >> 16);
+}
+
 ADAEAGLE_HD float f16_bits_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;

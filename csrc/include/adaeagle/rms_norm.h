@@ -12,20 +12,13 @@
 #include <math.h>
 
 #include "adaeagle/common.h"
-#include "adaeagle/gguf_blocks.h"  // bf16_bits_to_f32, f32_to_bits
+#include "adaeagle/gguf_blocks.h"  // bf16_bits_to_f32, f32_to_bf16_bits
 
 namespace adaeagle {
 
 constexpr int kRmsLanes = 8;
 
 enum RmsDtype : int32_t { kRmsFloat32 = 0, kRmsBFloat16 = 1, kRmsFloat16 = 2 };
-
-// fp32 -> bf16 bits, round to nearest even (NaN kept quiet), as c10::BFloat16.
-ADAEAGLE_HD uint16_t rms_f32_to_bf16(float f) {
-  const uint32_t u = f32_to_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 
 // sum_j x_j^2 of one fp32 row in the CPU's fixed order.
 ADAEAGLE_HD float rms_sum_squares(const float* x, int64_t h) {
