@@ -7,7 +7,7 @@ import torch
 from eagle_fixtures import one_thread, tiny_target  # noqa: F401
 
 from adaeagle_ext.cli import build_parser
-from adaeagle_ext.train import ldlp_pipeline
+from adaeagle_ext.train import features, ldlp_pipeline
 from adaeagle_ext.train.features import TokenisedChat, load_chats, write_shards
 
 
@@ -27,30 +27,30 @@ def test_knob_grid():
 
 def test_distillation_resumes_and_rejects_other_prompts(tmp_path, monkeypatch):
     model = tiny_target(vocab=16, seed=2)
-    monkeypatch.setattr(ldlp_pipeline, "SHARD_SIZE", 2)
     chats = [TokenisedChat([1 + i, 2, 3], []) for i in range(5)]
+    partial = tmp_path / "chats.partial.json"
     calls = []
-    real = ldlp_pipeline.distill
+    real = features.distill
 
     def counting(model, part, *a, **kw):
         calls.append(len(part))
         return real(model, part, *a, progress=False, **kw)
 
-    monkeypatch.setattr(ldlp_pipeline, "distill", counting)
-    first = ldlp_pipeline.distill_resumable(model, chats[:3], [15], 6, tmp_path)
-    assert calls == [2, 1] and len(load_chats(tmp_path / "chats.partial.json")) == 3
-    again = ldlp_pipeline.distill_resumable(model, chats, [15], 6, tmp_path)
+    monkeypatch.setattr(features, "distill", counting)
+    first = features.distill_resumable(model, chats[:3], [15], 6, partial, block=2)
+    assert calls == [2, 1] and len(load_chats(partial)) == 3
+    again = features.distill_resumable(model, chats, [15], 6, partial, block=2)
     assert calls == [2, 1, 2]  # only the two new conversations
     assert [c.response for c in again[:3]] == [c.response for c in first]
     assert all(len(c.response) >= 1 for c in again)
     with pytest.raises(SystemExit, match="other prompts"):
-        ldlp_pipeline.distill_resumable(model, chats[::-1], [15], 6, tmp_path)
+        features.distill_resumable(model, chats[::-1], [15], 6, partial, block=2)
 
 
 def test_greedy_agreement_tells_distilled_from_reference(tmp_path):
     model = tiny_target(vocab=16, seed=3)
     chats = [TokenisedChat([1, 2, 3, 4], []), TokenisedChat([5, 6], [])]
-    distilled = ldlp_pipeline.distill(model, chats, [15], 10, progress=False)
+    distilled = features.distill(model, chats, [15], 10, progress=False)
     shards = write_shards(model, distilled, tmp_path / "a", progress=False)
     assert ldlp_pipeline.greedy_agreement(shards) == 1.0
     g = torch.Generator().manual_seed(0)

@@ -71,6 +71,24 @@ def distill(model, chats: list[TokenisedChat], eos_ids: Sequence[int], max_new_t
     return out
 
 
+def distill_resumable(model, chats: list[TokenisedChat], eos_ids: Sequence[int],
+                      max_new_tokens: int, partial: Path, block: int = 64,
+                      batch_size: int = 16) -> list[TokenisedChat]:
+    """``distill`` in blocks of ``block`` chats, saving the answers so far to ``partial`` after
+    each block; a rerun with the same ``chats`` resumes after the last saved block."""
+    done = load_chats(partial) if partial.is_file() else []
+    if done and [c.prompt for c in done] != [c.prompt for c in chats[:len(done)]]:
+        raise SystemExit(f"error: {partial} holds other prompts (different --seed, --data or "
+                         "--conversations?); remove it or use another --name")
+    for s in range(len(done), len(chats), block):
+        print(f"self-distillation: conversations {s}..{min(s + block, len(chats))} of "
+              f"{len(chats)}")
+        done += distill(model, chats[s:s + block], eos_ids, max_new_tokens,
+                        batch_size=batch_size)
+        save_chats(done, partial)
+    return done
+
+
 @torch.inference_mode()
 def target_features(model, seqs: list[list[int]], logits_from: list[int] | None = None):
     """Run the target over a batch of token sequences (chunks of 64 through its KV cache).

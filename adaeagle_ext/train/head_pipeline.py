@@ -1,7 +1,8 @@
 """``adaeagle train-head``: data -> (self-distillation) -> features -> training -> head file.
 
 Every stage caches its result in the run's work folder (``$ADAEAGLE_HOME/eagle_train/<run>``)
-so an interrupted run picks up where it stopped: ``chats.json`` (tokenised, possibly
+so an interrupted run picks up where it stopped: ``chats.partial.json`` (the answers of
+self-distillation so far, saved every 64 prompts), ``chats.json`` (tokenised, possibly
 self-distilled conversations), ``features/shard_*.safetensors`` and ``checkpoint.safetensors``.
 """
 
@@ -24,7 +25,7 @@ from adaeagle_ext.train.conversations import (
     training_mix,
 )
 from adaeagle_ext.train.features import (
-    distill,
+    distill_resumable,
     load_chats,
     load_shards,
     save_chats,
@@ -50,6 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--conversations", type=int, default=600, help="how many to use")
     p.add_argument("--distill", action=argparse_bool(), default=True,
                    help="answer the prompts with the target itself (default on)")
+    p.add_argument("--distill-batch", type=int, default=16,
+                   help="prompts answered together during self-distillation")
     p.add_argument("--max-new-tokens", type=int, default=160,
                    help="self-distillation answer length")
     p.add_argument("--max-len", type=int, default=640, help="tokens per sequence")
@@ -121,8 +124,10 @@ def run(args) -> int:
                  if tuple(c.prompt) not in taken][:args.conversations]
         if args.distill:
             t = time.perf_counter()
-            chats = distill(model, chats, eos_ids,
-                            min(args.max_new_tokens, args.max_len), batch_size=16)
+            chats = distill_resumable(model, chats, eos_ids,
+                                      min(args.max_new_tokens, args.max_len),
+                                      work / "chats.partial.json",
+                                      batch_size=args.distill_batch)
             timings["distill_s"] = time.perf_counter() - t
         chats = [c for c in chats if len(c.response) > 1]
         save_chats(chats, chats_path)

@@ -28,7 +28,7 @@ from adaeagle_ext.train.conversations import (
 )
 from adaeagle_ext.train.features import (
     TokenisedChat,
-    distill,
+    distill_resumable,
     load_chats,
     save_chats,
     tokenise,
@@ -125,23 +125,6 @@ def excluded_prompts(runs: list[str] | None) -> tuple[set[tuple[int, ...]], list
     return out, runs
 
 
-def distill_resumable(model, chats: list[TokenisedChat], eos_ids, max_new_tokens: int,
-                      work: Path) -> list[TokenisedChat]:
-    """``distill`` in blocks of SHARD_SIZE, saving ``chats.partial.json`` after each block."""
-    partial = work / "chats.partial.json"
-    done = load_chats(partial) if partial.is_file() else []
-    if done and [c.prompt for c in done] != [c.prompt for c in chats[:len(done)]]:
-        raise SystemExit(f"error: {partial} holds other prompts (different --seed, --data or "
-                         "--conversations?); remove it or use another --name")
-    for s in range(len(done), len(chats), SHARD_SIZE):
-        print(f"self-distillation: conversations {s}..{min(s + SHARD_SIZE, len(chats))} of "
-              f"{len(chats)}")
-        done += distill(model, chats[s:s + SHARD_SIZE], eos_ids, max_new_tokens,
-                        batch_size=16)
-        save_chats(done, partial)
-    return done
-
-
 def own_chats(args, model, tok, eos_ids, work: Path) -> tuple[list[TokenisedChat], dict]:
     """Draw, tokenise and distil ``--conversations`` prompts not used by the excluded runs."""
     paths = args.data or [DEFAULT_DATA_ROOT / rel for rel, _ in PERMISSIVE_SOURCES]
@@ -154,7 +137,7 @@ def own_chats(args, model, tok, eos_ids, work: Path) -> tuple[list[TokenisedChat
              if tuple(c.prompt) not in excluded][: args.conversations]
     t = time.perf_counter()
     chats = distill_resumable(model, chats, eos_ids, min(args.max_new_tokens, args.max_len),
-                              work)
+                              work / "chats.partial.json", block=SHARD_SIZE)
     info = {"distill_s": time.perf_counter() - t, "excluded_runs": runs,
             "sources": [str(p) for p in paths]}
     return [c for c in chats if len(c.response) > 1], info
@@ -213,7 +196,8 @@ def run(args) -> int:
         if args.redistill:
             t = time.perf_counter()
             chats = distill_resumable(model, [TokenisedChat(c.prompt, []) for c in chats],
-                                      eos_ids, min(args.max_new_tokens, args.max_len), work)
+                                      eos_ids, min(args.max_new_tokens, args.max_len),
+                                      work / "chats.partial.json", block=SHARD_SIZE)
             chats = [c for c in chats if len(c.response) > 1]
             record["distill_s"] = time.perf_counter() - t
             src = None  # the run's features belong to its old answers
