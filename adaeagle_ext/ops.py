@@ -770,6 +770,66 @@ def rope_store_kv(
     return q_out
 
 
+# ---------------------------------------------------------------------------------------------
+# decoder_layers
+
+
+def decoder_layers(
+    x: torch.Tensor,
+    norms: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    ggml_types: list[int],
+    act_quants: list[int],
+    qkv_biases: list[torch.Tensor | None],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kv_cache: torch.Tensor,
+    req: torch.Tensor,
+    rows: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_indptr: torch.Tensor,
+    mask_bits: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    eps: float,
+    scale: float,
+) -> torch.Tensor:
+    """All L layers of a Llama decoder on packed weights, in one call, on x in place.
+
+    Layer l runs, on N tokens of a ragged batch of trees (chains, one token per request in a
+    decode step):
+    ``h = rms_norm(x, norms[2l])``; ``qkv = linear(h, weights[4l]) + qkv_biases[l]``;
+    ``q = rope_store_kv(qkv, cos, sin, kv_cache, l, req, rows)``;
+    ``x += linear(tree_attention(q, kv_cache, l, ...), weights[4l+1])``;
+    ``h = rms_norm(x, norms[2l+1])``; ``g, u = linear(h, weights[4l+2])`` split in halves;
+    ``x += linear(silu(g) * u, weights[4l+3])``. Every step is the op (or ATen op) the model's
+    modules call, in their order and dtype, so x ends bit-identical to them; each step is as
+    batch-invariant as its op. ``ref.decoder_layers`` is the same in reference ops.
+
+    Args:
+        x: [N, hidden] float32 or bfloat16, the residual stream (embeddings in, last layer's
+            output out), contiguous; updated in place.
+        norms: 2L tensors [hidden] of x's dtype: each layer's input and post-attention norm.
+        weights: 4L uint8 packed weights (``ops.linear`` layout): each layer's fused q/k/v
+            [(H + 2 Hkv) D rows], o [hidden rows], fused gate/up [2 I rows], down [hidden rows].
+        ggml_types, act_quants: 4L ints, each weight's ggml type and ``linear`` act_quant.
+        qkv_biases: L entries, float32 [(H + 2 Hkv) D] or None.
+        cos, sin: [N, D] RoPE tables of x's dtype.
+        kv_cache: [L, 2, B, S_max, Hkv, D] of x's dtype; token i's k and v go to rows
+            ``[l, 0 / 1, req[i], rows[i]]``.
+        req, rows: int64 [N]. prefix_lens: int32 [B]. tree_indptr: int32 [B+1].
+        mask_bits: int64 [N] (``build_tree``).
+        num_heads, num_kv_heads: H and Hkv. eps: the norms' epsilon. scale: softmax scale.
+
+    Returns:
+        x.
+    """
+    _op("decoder_layers")(x, norms, weights, ggml_types, act_quants, qkv_biases, cos, sin,
+                          kv_cache, req, rows, prefix_lens, tree_indptr, mask_bits, num_heads,
+                          num_kv_heads, float(eps), float(scale))
+    return x
+
+
 def _validate_cache_rows(op: str, req: torch.Tensor, rows: torch.Tensor, batch: int,
                          s_max: int) -> None:
     """Host-side version of the CPU kernel's req/rows checks (one sync), for CUDA inputs."""

@@ -621,6 +621,32 @@ def rope_store_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return q
 
 
+# decoder_layers
+
+
+def decoder_layers(x, norms, weights, ggml_types, act_quants, qkv_biases, cos, sin, kv_cache,
+                   req, rows, prefix_lens, tree_indptr, mask_bits, num_heads: int,
+                   num_kv_heads: int, eps: float, scale: float) -> torch.Tensor:
+    """Reference of ``ops.decoder_layers`` (same arguments): returns the new x (x itself is not
+    changed) and writes each layer's k / v to ``kv_cache``, in reference ops throughout."""
+    n, dtype = x.shape[0], x.dtype
+
+    def lin(t, i, bias=None):  # weight i; linear ignores act_quant for float weights
+        quantised = ggml_types[i] in (GGML_Q4_0, GGML_Q4_1, GGML_Q8_0)
+        fn = linear_q8 if act_quants[i] == 8 and quantised else linear
+        return fn(t, weights[i], ggml_types[i], bias).to(dtype)
+
+    for layer in range(len(norms) // 2):
+        w = 4 * layer
+        qkv = lin(rms_norm(x, norms[2 * layer], eps), w, qkv_biases[layer])
+        q = rope_store_kv(qkv, cos, sin, kv_cache, layer, req, rows, num_heads, num_kv_heads)
+        attn, _ = tree_attention(q, kv_cache, layer, prefix_lens, tree_indptr, mask_bits, scale)
+        x = x + lin(attn.reshape(n, -1), w + 1)
+        gate, up = lin(rms_norm(x, norms[2 * layer + 1], eps), w + 2).chunk(2, dim=-1)
+        x = x + lin(torch.nn.functional.silu(gate) * up, w + 3)
+    return x
+
+
 # aded_draft
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from adaeagle_ext import ops, ref
 from adaeagle_ext._build import extension_available
-from adaeagle_ext.models.attention import tree_attention
+from adaeagle_ext.models.attention import KERNEL_HEAD_DIMS, tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
 from adaeagle_ext.models.packed_layers import PackedEmbedding, PackedLinear
@@ -19,6 +19,9 @@ _FUSED_NORM_DTYPES = (torch.float32, torch.bfloat16)
 # Packed-qkv attention runs RoPE and the cache write as one ``ops.rope_store_kv`` (same bits);
 # False forces the PyTorch code (tests, A/B timing).
 _FUSED_ROPE = extension_available()
+# All layers as one ``ops.decoder_layers`` call when every layer runs on packed weights (same
+# bits as the modules; no Python between the ops). False forces the per-layer modules.
+_FUSED_LAYERS = extension_available()
 
 
 class RMSNorm(nn.Module):
@@ -234,6 +237,33 @@ class LlamaForCausalLM(nn.Module):
             return head.weight_packed.linear(hidden, out_dtype=torch.float32)
         return F.linear(hidden, head.weight).float()
 
+    def _decoder_layers_args(self, x: torch.Tensor, buf: torch.Tensor):
+        """(norms, weights, ggml_types, act_quants, qkv_biases) for ``ops.decoder_layers``
+        when it can run every layer of this forward (packed fused q/k/v and gate/up, bias-free
+        o and down, fused norm and RoPE ops taking these tensors), else None."""
+        dt, dev = x.dtype, x.device
+        if not (_FUSED_LAYERS and _FUSED_NORM and _FUSED_ROPE and dt in _FUSED_NORM_DTYPES
+                and self.config.head_dim in KERNEL_HEAD_DIMS and buf.dtype == dt
+                and buf.device == dev and buf.is_contiguous() and x.is_contiguous()
+                and (dev.type == "cpu" or (dev.type == "cuda" and not ops._flash_attn_applies(
+                    None, x, ops.ATTN_FULL)))):
+            return None
+        norms, packed, biases = [], [], []
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            o, down = attn.o_proj, mlp.down_proj
+            if (attn.qkv_packed is None or mlp.gate_up_packed is None
+                    or not isinstance(o, PackedLinear) or not isinstance(down, PackedLinear)
+                    or o.bias is not None or down.bias is not None):
+                return None
+            norms += (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+            packed += (attn.qkv_packed, o.weight_packed, mlp.gate_up_packed, down.weight_packed)
+            biases.append(attn.qkv_bias)
+        if any(w.dtype != dt or w.device != dev for w in norms):
+            return None
+        return (norms, [p.data for p in packed], [p.ggml_type for p in packed],
+                [p.act_quant for p in packed], biases)
+
     def new_cache(self, batch: int, max_seq_len: int) -> KVCache:
         """An empty static cache for ``batch`` requests of up to ``max_seq_len`` tokens."""
         return KVCache(self.config, batch, max_seq_len, self.dtype,
@@ -286,8 +316,15 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.dtype)
 
         x = self.model.embed_tokens(tokens)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, rows, batch)
+        fused = self._decoder_layers_args(x, cache.buf)
+        if fused is not None:
+            c = self.config
+            ops.decoder_layers(x, *fused, cos.view(n, -1), sin.view(n, -1), cache.buf, req,
+                               rows, prefix_lens, tree_indptr, mask_bits, c.num_heads,
+                               c.num_kv_heads, c.rms_norm_eps, c.head_dim ** -0.5)
+        else:
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, rows, batch)
         hidden = self.model.norm(x)
         head_in = hidden if logit_rows is None else hidden[logit_rows]
         return self.logits(head_in), hidden

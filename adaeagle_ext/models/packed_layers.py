@@ -65,11 +65,14 @@ def packable(ggml_type: int, shape: tuple[int, ...]) -> bool:
 
 def set_act_quant(model: nn.Module, act_quant: int) -> int:
     """Run every packed linear layer and packed LM head of ``model`` with ``act_quant`` (0:
-    float activations, 8: 8-bit activation blocks; see ``ops.linear``). The packed data is
-    shared, not copied. Returns the number of layers switched."""
+    float activations, 8: 8-bit activation blocks; see ``ops.linear``), the fused q/k/v and
+    gate/up weights included. The packed data is shared, not copied. Returns the number of
+    packed weights switched."""
     switched = 0
     for module in model.modules():
-        if isinstance(module, (PackedLinear, PackedEmbedding)):
-            module.weight_packed = module.weight_packed.with_act_quant(act_quant)
-            switched += 1
+        # Every PackedWeight attribute: the layers' own and the fused q/k/v and gate/up rows.
+        for name, value in list(vars(module).items()):
+            if isinstance(value, PackedWeight):
+                setattr(module, name, value.with_act_quant(act_quant))
+                switched += 1
     return switched
