@@ -39,13 +39,13 @@ def cases(device: str) -> list[Case]:
 
             @torch.inference_mode()
             def ours(x0=x0, args=args, cos=cos, sin=sin, req=req, rows=rows, prefix=prefix,
-                     indptr=indptr, bits=bits, n=n):
+                     indptr=indptr, bits=bits, n=n, buf=cache.buf, c=c):
                 ops.decoder_layers(x0.clone(), *args, cos.view(n, -1), sin.view(n, -1),
-                                   cache.buf, req, rows, prefix, indptr, bits, c.num_heads,
+                                   buf, req, rows, prefix, indptr, bits, c.num_heads,
                                    c.num_kv_heads, c.rms_norm_eps, c.head_dim ** -0.5)
 
             @torch.inference_mode()
-            def modules(x0=x0, cos=cos, sin=sin, rows=rows, batch=batch):
+            def modules(x0=x0, cos=cos, sin=sin, rows=rows, batch=batch, model=model):
                 x = x0.clone()
                 for layer in model.model.layers:
                     x = layer(x, cos, sin, rows, batch)
