@@ -44,6 +44,20 @@ def dense_run(head, seed: int = 0):
         head.packed_inference = True
 
 
+def test_fused_rope_and_cache_write_give_the_same_bits(target, monkeypatch):
+    from adaeagle_ext.models import llama
+
+    head = random_head(target, seed=6)
+    calls = []
+    real = ops.rope_store_kv
+    monkeypatch.setattr(ops, "rope_store_kv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = run_tree(head)
+    assert len(calls) == 2  # the prefix call and the tree call took the fused op
+    monkeypatch.setattr(llama, "_FUSED_ROPE", False)
+    for a, b in zip(fused, run_tree(head), strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("bf16_values", [False, True])
 def test_packed_inference_matches_the_parameters(target, bf16_values):
     head = random_head(target, seed=4)

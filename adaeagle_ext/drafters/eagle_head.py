@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from adaeagle_ext import ops
 from adaeagle_ext.drafters.eagle_head_packed import (
     PackedHeadLayers,
     pack_exact,
@@ -42,7 +43,7 @@ from adaeagle_ext.drafters.weights_file import read_weights_file
 from adaeagle_ext.models.attention import tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
-from adaeagle_ext.models.llama import MLP, Attention, RMSNorm, rope_cos_sin
+from adaeagle_ext.models.llama import MLP, Attention, RMSNorm, fused_rope_applies, rope_cos_sin
 from adaeagle_ext.packed import PackedWeight
 
 FORMAT = "adaeagle-eagle-head-v1"
@@ -248,17 +249,25 @@ class EagleHead(nn.Module):
         packed = self.packed_layers()
         x = self.fuse(tokens, features, packed)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        if packed is None:
-            q, k, v = self.self_attn.project(x, cos, sin)
-        else:
-            q, k, v = packed.project(x, self.self_attn)
-            q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache_rows is None:
             cache_rows = self._cache_rows(cache, prefix_lens, tree_indptr, new_index)
         buf = cache.buf
-        kv_rows = buf.shape[2] * buf.shape[3]
-        buf[0, 0].view(kv_rows, *k.shape[1:]).index_copy_(0, cache_rows, k.to(buf.dtype))
-        buf[0, 1].view(kv_rows, *v.shape[1:]).index_copy_(0, cache_rows, v.to(buf.dtype))
+        attn = self.self_attn
+        qkv = None if packed is None else packed.qkv.linear(x, packed.qkv_bias)
+        if qkv is not None and fused_rope_applies(qkv, cos, sin, buf, cache_rows, cache_rows):
+            s_max = buf.shape[3]
+            q = ops.rope_store_kv(qkv, cos.view(qkv.shape[0], -1), sin.view(qkv.shape[0], -1),
+                                  buf, 0, cache_rows // s_max, cache_rows % s_max,
+                                  attn.num_heads, attn.num_kv_heads)
+        else:
+            if packed is None:
+                q, k, v = attn.project(x, cos, sin)
+            else:
+                q, k, v = packed.split_qkv(qkv, attn)
+                q, k = rope(q, cos, sin), rope(k, cos, sin)
+            kv_rows = buf.shape[2] * buf.shape[3]
+            buf[0, 0].view(kv_rows, *k.shape[1:]).index_copy_(0, cache_rows, k.to(buf.dtype))
+            buf[0, 1].view(kv_rows, *v.shape[1:]).index_copy_(0, cache_rows, v.to(buf.dtype))
         if new_index is None:
             out = tree_attention(q, buf, 0, prefix_lens, tree_indptr, mask_bits,
                                  self.self_attn.scale)

@@ -71,11 +71,11 @@ class PackedHeadLayers:
             gate_up=pack_exact(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
             down=pack_exact(mlp.down_proj.weight))
 
-    def project(self, x: torch.Tensor, attn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q [M, heads, D], k and v [M, kv_heads, D] of rows x [M, hidden] (before RoPE);
+    def split_qkv(self, qkv: torch.Tensor, attn) -> tuple[torch.Tensor, ...]:
+        """q [M, heads, D], k and v [M, kv_heads, D] (views) of the fused projection
+        ``self.qkv.linear(x, self.qkv_bias)`` [M, (heads + 2 kv_heads) D], before RoPE;
         ``attn`` is the head's ``Attention`` (for the head counts)."""
-        m = x.shape[0]
-        qkv = self.qkv.linear(x, self.qkv_bias)
+        m = qkv.shape[0]
         nq, nkv = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
         q = qkv[:, :nq].view(m, attn.num_heads, attn.head_dim)
         k = qkv[:, nq:nq + nkv].view(m, attn.num_kv_heads, attn.head_dim)

@@ -56,7 +56,7 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.d
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
 
-def _fused_rope_applies(qkv, cos, sin, buf, req, rows) -> bool:
+def fused_rope_applies(qkv, cos, sin, buf, req, rows) -> bool:
     """Whether ``ops.rope_store_kv`` takes these tensors (else the PyTorch code runs)."""
     dt, dev = qkv.dtype, qkv.device
     return (_FUSED_ROPE and dt in _FUSED_NORM_DTYPES and cos.dtype == dt and sin.dtype == dt
@@ -109,7 +109,7 @@ class Attention(nn.Module):
         buf = batch.cache.buf
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = None if self.qkv_packed is None else self.qkv_packed.linear(x, self.qkv_bias)
-        if qkv is not None and _fused_rope_applies(qkv, cos, sin, buf, batch.req, rows):
+        if qkv is not None and fused_rope_applies(qkv, cos, sin, buf, batch.req, rows):
             q = ops.rope_store_kv(qkv, cos.view(n, d), sin.view(n, d), buf, self.layer,
                                   batch.req, rows, h, kv)
         else:
