@@ -105,3 +105,21 @@ def test_native_weights_match_dequantised(pipe, native):
         pos, ind, mask = chain_inputs(torch.tensor([ids.numel()]), cache.lens)
         logits.append(p.model(ids, pos, ind, mask, cache.lens, cache)[0])
     torch.testing.assert_close(logits[1], logits[0], atol=2e-3, rtol=1e-4)
+
+
+def test_native_model_runs_all_layers_in_one_op(native, monkeypatch):
+    """The shipped configuration takes ``ops.decoder_layers``, with the modules' bits."""
+    from adaeagle_ext.models import llama
+    from adaeagle_ext.models.tree_inputs import chain_inputs
+
+    model = native.model
+    assert model._decoder_layers_args(torch.empty(1, 576), model.new_cache(1, 1).buf)
+    ids = torch.tensor(native.encode(PROMPTS[0]))
+    outs = []
+    for fused in (True, False):
+        monkeypatch.setattr(llama, "_FUSED_LAYERS", fused)
+        cache = model.new_cache(1, 32)
+        pos, ind, mask = chain_inputs(torch.tensor([ids.numel()]), cache.lens)
+        outs.append([*model(ids, pos, ind, mask, cache.lens, cache), cache.buf])
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
