@@ -32,11 +32,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from adaeagle_ext import ops
+from adaeagle_ext import ops, ref
 from adaeagle_ext.drafters.eagle_head_packed import (
     PackedHeadLayers,
     pack_exact,
-    rope,
     slice_rows,
 )
 from adaeagle_ext.drafters.weights_file import read_weights_file
@@ -253,21 +252,19 @@ class EagleHead(nn.Module):
             cache_rows = self._cache_rows(cache, prefix_lens, tree_indptr, new_index)
         buf = cache.buf
         attn = self.self_attn
-        qkv = None if packed is None else packed.qkv.linear(x, packed.qkv_bias)
-        if qkv is not None and fused_rope_applies(qkv, cos, sin, buf, cache_rows, cache_rows):
-            s_max = buf.shape[3]
-            q = ops.rope_store_kv(qkv, cos.view(qkv.shape[0], -1), sin.view(qkv.shape[0], -1),
-                                  buf, 0, cache_rows // s_max, cache_rows % s_max,
-                                  attn.num_heads, attn.num_kv_heads)
-        else:
-            if packed is None:
-                q, k, v = attn.project(x, cos, sin)
-            else:
-                q, k, v = packed.split_qkv(qkv, attn)
-                q, k = rope(q, cos, sin), rope(k, cos, sin)
+        if packed is None:
+            q, k, v = attn.project(x, cos, sin)
             kv_rows = buf.shape[2] * buf.shape[3]
             buf[0, 0].view(kv_rows, *k.shape[1:]).index_copy_(0, cache_rows, k.to(buf.dtype))
             buf[0, 1].view(kv_rows, *v.shape[1:]).index_copy_(0, cache_rows, v.to(buf.dtype))
+        else:
+            qkv = packed.qkv.linear(x, packed.qkv_bias)
+            m, s_max = qkv.shape[0], buf.shape[3]
+            req, rows = cache_rows // s_max, cache_rows % s_max
+            store = (ops.rope_store_kv if fused_rope_applies(qkv, cos, sin, buf, req, rows)
+                     else ref.rope_store_kv)
+            q = store(qkv, cos.view(m, -1), sin.view(m, -1), buf, 0, req, rows, attn.num_heads,
+                      attn.num_kv_heads)
         if new_index is None:
             out = tree_attention(q, buf, 0, prefix_lens, tree_indptr, mask_bits,
                                  self.self_attn.scale)

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from adaeagle_ext import ops
-from adaeagle_ext.models.llama import rotate_half
 from adaeagle_ext.packed import PackedWeight
 
 
@@ -39,11 +38,6 @@ def _bias(*layers: torch.nn.Linear) -> torch.Tensor | None:
         return None
     return torch.cat([torch.zeros(layer.out_features) if layer.bias is None
                       else layer.bias.detach().float() for layer in layers])
-
-
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE of x [M, heads, D] with cos, sin [M, 1, D] (as ``Attention.project``)."""
-    return x * cos + rotate_half(x) * sin
 
 
 @dataclass(frozen=True)
@@ -70,17 +64,6 @@ class PackedHeadLayers:
             o=pack_exact(a.o_proj.weight), o_bias=_bias(a.o_proj),
             gate_up=pack_exact(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
             down=pack_exact(mlp.down_proj.weight))
-
-    def split_qkv(self, qkv: torch.Tensor, attn) -> tuple[torch.Tensor, ...]:
-        """q [M, heads, D], k and v [M, kv_heads, D] (views) of the fused projection
-        ``self.qkv.linear(x, self.qkv_bias)`` [M, (heads + 2 kv_heads) D], before RoPE;
-        ``attn`` is the head's ``Attention`` (for the head counts)."""
-        m = qkv.shape[0]
-        nq, nkv = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
-        q = qkv[:, :nq].view(m, attn.num_heads, attn.head_dim)
-        k = qkv[:, nq:nq + nkv].view(m, attn.num_kv_heads, attn.head_dim)
-        v = qkv[:, nq + nkv:].view(m, attn.num_kv_heads, attn.head_dim)
-        return q, k, v
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """SwiGLU MLP of rows x [M, hidden]."""

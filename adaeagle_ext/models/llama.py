@@ -108,20 +108,16 @@ class Attention(nn.Module):
         n = x.shape[0]
         buf = batch.cache.buf
         h, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        qkv = None if self.qkv_packed is None else self.qkv_packed.linear(x, self.qkv_bias)
-        if qkv is not None and fused_rope_applies(qkv, cos, sin, buf, batch.req, rows):
-            q = ops.rope_store_kv(qkv, cos.view(n, d), sin.view(n, d), buf, self.layer,
-                                  batch.req, rows, h, kv)
-        else:
-            if qkv is None:
-                q, k, v = self.project(x, cos, sin)
-            else:
-                # RoPE on q and k in one go (elementwise: the same values as one at a time).
-                qk = qkv[:, :(h + kv) * d].view(n, h + kv, d)
-                qk = qk * cos + rotate_half(qk) * sin
-                q, k, v = qk[:, :h], qk[:, h:], qkv[:, (h + kv) * d:].view(n, kv, d)
+        if self.qkv_packed is None:
+            q, k, v = self.project(x, cos, sin)
             buf[self.layer, 0, batch.req, rows] = k if k.dtype == buf.dtype else k.to(buf.dtype)
             buf[self.layer, 1, batch.req, rows] = v if v.dtype == buf.dtype else v.to(buf.dtype)
+        else:
+            qkv = self.qkv_packed.linear(x, self.qkv_bias)
+            store = (ops.rope_store_kv if fused_rope_applies(qkv, cos, sin, buf, batch.req, rows)
+                     else ref.rope_store_kv)  # the same bits in PyTorch ops
+            q = store(qkv, cos.view(n, d), sin.view(n, d), buf, self.layer, batch.req, rows, h,
+                      kv)
         out = tree_attention(q, buf, self.layer, batch.prefix_lens, batch.tree_indptr,
                              batch.mask_bits, self.scale)
         return self.o_proj(out.reshape(n, -1))
