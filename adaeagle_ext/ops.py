@@ -830,6 +830,82 @@ def decoder_layers(
     return x
 
 
+# ---------------------------------------------------------------------------------------------
+# eagle_head_layer
+
+
+def eagle_head_layer(
+    tokens: torch.Tensor,
+    features: torch.Tensor,
+    embed: torch.Tensor,
+    weights: list[torch.Tensor],
+    ggml_types: list[int],
+    act_quants: list[int],
+    biases: list[torch.Tensor | None],
+    norm: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kv_cache: torch.Tensor,
+    req: torch.Tensor,
+    rows: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_indptr: torch.Tensor,
+    mask_bits: torch.Tensor,
+    new_index: torch.Tensor | None,
+    num_heads: int,
+    num_kv_heads: int,
+    eps: float,
+    scale: float,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One forward of an EAGLE-1 draft head on packed weights, in one call.
+
+    For the M new nodes of a ragged batch of draft trees:
+    ``x = linear(cat(embed[tokens], features), weights[0]) + biases[0]``;
+    ``q = rope_store_kv(linear(x, weights[1]) + biases[1], cos, sin, kv_cache, 0, req, rows)``;
+    ``x += linear(tree_attention(q, ...), weights[2]) + biases[2]`` (the attention of all N tree
+    nodes, of which only the rows ``new_index`` are computed: the others' K/V were written by
+    an earlier call); ``g, u = linear(rms_norm(x, norm), weights[3])`` split in halves;
+    ``out = x + linear(silu(g) * u, weights[4])``. Every step is the op (or ATen op) that
+    ``EagleHead.forward_tree``'s packed path calls, in its order and dtype, so the output is
+    bit-identical to it. ``ref.eagle_head_layer`` is the same in reference ops.
+
+    Args:
+        tokens: int64 [M]. features: [M, hidden] of embed's dtype.
+        embed: [V, hidden] float32 or bfloat16, the dense embedding table.
+        weights: 5 uint8 packed weights (``ops.linear`` layout): fc [hidden rows, 2 hidden
+            inputs], fused q/k/v [(H + 2 Hkv) D rows], o [hidden rows], fused gate/up [2 I rows],
+            down [hidden rows].
+        ggml_types, act_quants: 5 ints, each weight's ggml type and ``linear`` act_quant.
+        biases: 3 entries (fc, q/k/v, o), each float32 [rows] or None.
+        norm: [hidden] of embed's dtype, the post-attention norm (the layer has no input norm).
+        cos, sin: [M, D] RoPE tables of embed's dtype.
+        kv_cache: [1, 2, B, S_max, Hkv, D] of embed's dtype; new node i's k and v go to rows
+            ``[0, 0 / 1, req[i], rows[i]]``.
+        req, rows: int64 [M]. prefix_lens: int32 [B]. tree_indptr: int32 [B+1].
+        mask_bits: int64 [N] (``build_tree``) for all N nodes of the trees.
+        new_index: int64 [M], the new nodes' indices among the N, or None when M == N.
+        num_heads, num_kv_heads: H and Hkv. eps: the norm's epsilon. scale: softmax scale.
+        out: optional preallocated [M, hidden] of embed's dtype.
+
+    Returns:
+        out [M, hidden], the predicted features of the new nodes.
+    """
+    if cos.dim() == 3:
+        cos = cos.view(cos.shape[0], cos.shape[2])
+    if sin.dim() == 3:
+        sin = sin.view(sin.shape[0], sin.shape[2])
+    if out is None:
+        out = torch.empty(tokens.shape[0], embed.shape[-1], dtype=embed.dtype,
+                          device=embed.device)
+    _op("eagle_head_layer")(tokens, features, embed, weights, ggml_types, act_quants, biases,
+                            norm, cos, sin, kv_cache, req, rows, prefix_lens, tree_indptr,
+                            mask_bits, new_index, num_heads, num_kv_heads, float(eps),
+                            float(scale), out)
+    return out
+
+
 def _validate_cache_rows(op: str, req: torch.Tensor, rows: torch.Tensor, batch: int,
                          s_max: int) -> None:
     """Host-side version of the CPU kernel's req/rows checks (one sync), for CUDA inputs."""

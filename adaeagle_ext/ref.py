@@ -621,7 +621,19 @@ def rope_store_kv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return q
 
 
-# decoder_layers
+# decoder_layers and eagle_head_layer
+
+
+def _packed_linears(weights, ggml_types, act_quants, dtype):
+    """lin(t, i, bias=None): ``t`` through packed weight i, in ``dtype`` (act_quant 8 applies to
+    the quantised types only, as in ``ops.linear``)."""
+
+    def lin(t, i, bias=None):
+        quantised = ggml_types[i] in (GGML_Q4_0, GGML_Q4_1, GGML_Q8_0)
+        fn = linear_q8 if act_quants[i] == 8 and quantised else linear
+        return fn(t, weights[i], ggml_types[i], bias).to(dtype)
+
+    return lin
 
 
 def decoder_layers(x, norms, weights, ggml_types, act_quants, qkv_biases, cos, sin, kv_cache,
@@ -630,12 +642,7 @@ def decoder_layers(x, norms, weights, ggml_types, act_quants, qkv_biases, cos, s
     """Reference of ``ops.decoder_layers`` (same arguments): returns the new x (x itself is not
     changed) and writes each layer's k / v to ``kv_cache``, in reference ops throughout."""
     n, dtype = x.shape[0], x.dtype
-
-    def lin(t, i, bias=None):  # weight i; linear ignores act_quant for float weights
-        quantised = ggml_types[i] in (GGML_Q4_0, GGML_Q4_1, GGML_Q8_0)
-        fn = linear_q8 if act_quants[i] == 8 and quantised else linear
-        return fn(t, weights[i], ggml_types[i], bias).to(dtype)
-
+    lin = _packed_linears(weights, ggml_types, act_quants, dtype)
     for layer in range(len(norms) // 2):
         w = 4 * layer
         qkv = lin(rms_norm(x, norms[2 * layer], eps), w, qkv_biases[layer])
@@ -645,6 +652,27 @@ def decoder_layers(x, norms, weights, ggml_types, act_quants, qkv_biases, cos, s
         gate, up = lin(rms_norm(x, norms[2 * layer + 1], eps), w + 2).chunk(2, dim=-1)
         x = x + lin(torch.nn.functional.silu(gate) * up, w + 3)
     return x
+
+
+def eagle_head_layer(tokens, features, embed, weights, ggml_types, act_quants, biases, norm,
+                     cos, sin, kv_cache, req, rows, prefix_lens, tree_indptr, mask_bits,
+                     new_index, num_heads: int, num_kv_heads: int, eps: float,
+                     scale: float) -> torch.Tensor:
+    """Reference of ``ops.eagle_head_layer`` (same arguments but ``out``): returns the new
+    nodes' features [M, hidden] and writes their k / v to ``kv_cache``, in reference ops."""
+    m, dtype = tokens.shape[0], embed.dtype
+    lin = _packed_linears(weights, ggml_types, act_quants, dtype)
+    x = lin(torch.cat([embed[tokens], features], dim=-1), 0, biases[0])
+    q = rope_store_kv(lin(x, 1, biases[1]), cos, sin, kv_cache, 0, req, rows, num_heads,
+                      num_kv_heads)
+    if new_index is not None:
+        q = q.new_zeros(mask_bits.shape[0], *q.shape[1:]).index_copy(0, new_index, q)
+    attn, _ = tree_attention(q, kv_cache, 0, prefix_lens, tree_indptr, mask_bits, scale)
+    if new_index is not None:
+        attn = attn[new_index]
+    x = x + lin(attn.reshape(m, -1), 2, biases[2])
+    gate, up = lin(rms_norm(x, norm, eps), 3).chunk(2, dim=-1)
+    return x + lin(torch.nn.functional.silu(gate) * up, 4)
 
 
 # aded_draft

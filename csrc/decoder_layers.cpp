@@ -5,49 +5,12 @@
 // linear on the fused gate/up rows, silu * up, linear, residual add), so the residual stream is
 // bit-identical to LlamaForCausalLM's modules. What the op removes is the Python between them:
 // about 360 op calls per decode step of the default model, a quarter of a CPU step.
-#include <torch/library.h>
-
-#include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-
-#include <optional>
-
-#include "checks.h"
+#include "composed_ops.h"
 
 namespace adaeagle {
 namespace {
 
 constexpr const char* kOp = "decoder_layers";
-
-using LinearFn = void(const at::Tensor&, const at::Tensor&, int64_t,
-                      const std::optional<at::Tensor>&, const at::Tensor&, int64_t);
-using RmsNormFn = void(const at::Tensor&, const at::Tensor&, double, const at::Tensor&);
-using RopeStoreKvFn = void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, int64_t, const at::Tensor&, const at::Tensor&,
-                           int64_t, int64_t, const at::Tensor&);
-using TreeAttentionFn = void(const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
-                             const at::Tensor&, const at::Tensor&, double, int64_t,
-                             const at::Tensor&, const std::optional<at::Tensor>&);
-
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
-
-// The ops of one layer, looked up once.
-struct LayerOps {
-  c10::TypedOperatorHandle<LinearFn> linear = find_op<LinearFn>("adaeagle::linear");
-  c10::TypedOperatorHandle<RmsNormFn> rms_norm = find_op<RmsNormFn>("adaeagle::rms_norm");
-  c10::TypedOperatorHandle<RopeStoreKvFn> rope_store_kv =
-      find_op<RopeStoreKvFn>("adaeagle::rope_store_kv");
-  c10::TypedOperatorHandle<TreeAttentionFn> tree_attention =
-      find_op<TreeAttentionFn>("adaeagle::tree_attention");
-};
-
-const LayerOps& layer_ops() {
-  static const LayerOps ops;
-  return ops;
-}
 
 struct Dims {
   int64_t layers, hidden, heads, kv_heads, head_dim, qkv_rows, intermediate;
@@ -87,11 +50,12 @@ Dims check_decoder_layers(const at::Tensor& x, at::TensorList norms, at::TensorL
       check_size(norms[2 * l + j], kOp, "norms[i]", 0, hidden);
     }
     const int64_t rows[4] = {qkv_rows, hidden, 2 * intermediate, hidden};
+    const int64_t inputs[4] = {hidden, num_heads * head_dim, hidden, intermediate};
     const char* names[4] = {"weights[4 * layer] (q/k/v)", "weights[4 * layer + 1] (o)",
                             "weights[4 * layer + 2] (gate/up)", "weights[4 * layer + 3] (down)"};
     for (int64_t j = 0; j < 4; ++j) {
-      check_tensor(weights[4 * l + j], kOp, names[j], at::kByte, 2, x.device());
-      check_size(weights[4 * l + j], kOp, names[j], 0, rows[j]);
+      check_packed_weight(weights[4 * l + j], kOp, names[j], ggml_types[4 * l + j], rows[j],
+                          inputs[j], x.device());
     }
   }
   return {layers, hidden, num_heads, num_kv_heads, head_dim, qkv_rows, intermediate};

@@ -33,19 +33,23 @@ from safetensors.torch import save_file
 from torch import nn
 
 from adaeagle_ext import ops, ref
+from adaeagle_ext._build import extension_available
 from adaeagle_ext.drafters.eagle_head_packed import (
     PackedHeadLayers,
     pack_exact,
     slice_rows,
 )
 from adaeagle_ext.drafters.weights_file import read_weights_file
-from adaeagle_ext.models.attention import tree_attention
+from adaeagle_ext.models.attention import KERNEL_HEAD_DIMS, tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
 from adaeagle_ext.models.llama import MLP, Attention, RMSNorm, fused_rope_applies, rope_cos_sin
 from adaeagle_ext.packed import PackedWeight
 
 FORMAT = "adaeagle-eagle-head-v1"
+
+# Packed drafting runs the whole head forward as one ``ops.eagle_head_layer`` call.
+_FUSED_HEAD = extension_available()
 
 
 @dataclass
@@ -246,12 +250,21 @@ class EagleHead(nn.Module):
             predicted next features [M, H] (head dtype).
         """
         packed = self.packed_layers()
-        x = self.fuse(tokens, features, packed)
-        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         if cache_rows is None:
             cache_rows = self._cache_rows(cache, prefix_lens, tree_indptr, new_index)
         buf = cache.buf
         attn = self.self_attn
+        if packed is not None and self._fused_step_applies(buf):
+            m, s_max = tokens.shape[0], buf.shape[3]
+            cos, sin = rope_cos_sin(positions, self.inv_freq, self.embed.dtype)
+            return ops.eagle_head_layer(
+                tokens, features.to(self.embed.dtype), self.embed, *packed.op_args,
+                self.post_attention_layernorm.weight, cos.view(m, -1), sin.view(m, -1), buf,
+                cache_rows // s_max, cache_rows % s_max, prefix_lens, tree_indptr, mask_bits,
+                new_index, attn.num_heads, attn.num_kv_heads,
+                self.post_attention_layernorm.eps, attn.scale)
+        x = self.fuse(tokens, features, packed)
+        cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         if packed is None:
             q, k, v = attn.project(x, cos, sin)
             kv_rows = buf.shape[2] * buf.shape[3]
@@ -273,6 +286,16 @@ class EagleHead(nn.Module):
             out = tree_attention(q_all, buf, 0, prefix_lens, tree_indptr, mask_bits,
                                  self.self_attn.scale).index_select(0, new_index)
         return self._finish(x, out.reshape(out.shape[0], -1), packed)
+
+    def _fused_step_applies(self, buf: torch.Tensor) -> bool:
+        """Whether ``ops.eagle_head_layer`` takes this head and cache (else the step runs op by
+        op, with the same bits)."""
+        dt = self.embed.dtype
+        return (_FUSED_HEAD and dt in (torch.float32, torch.bfloat16)
+                and self.config.head_dim in KERNEL_HEAD_DIMS and buf.dtype == dt
+                and buf.is_contiguous() and buf.device == self.embed.device
+                and self.embed.device.type in ("cpu", "cuda")
+                and self.post_attention_layernorm.weight.dtype == dt)
 
     @staticmethod
     def _cache_rows(cache: KVCache, prefix_lens, tree_indptr, new_index) -> torch.Tensor:

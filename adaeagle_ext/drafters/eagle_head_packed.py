@@ -14,6 +14,7 @@ element on its own, so one call over the stacked rows gives the same bits as sep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,13 @@ class PackedHeadLayers:
             o=pack_exact(a.o_proj.weight), o_bias=_bias(a.o_proj),
             gate_up=pack_exact(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
             down=pack_exact(mlp.down_proj.weight))
+
+    @cached_property
+    def op_args(self) -> tuple[list[torch.Tensor], list[int], list[int], list]:
+        """(weights, ggml_types, act_quants, biases) as ``ops.eagle_head_layer`` takes them."""
+        ws = (self.fc, self.qkv, self.o, self.gate_up, self.down)
+        return ([w.data for w in ws], [w.ggml_type for w in ws], [w.act_quant for w in ws],
+                [self.fc_bias, self.qkv_bias, self.o_bias])
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """SwiGLU MLP of rows x [M, hidden]."""
