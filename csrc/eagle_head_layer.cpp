@@ -21,6 +21,7 @@ HeadDims check_eagle_head_layer(const at::Tensor& tokens, const at::Tensor& feat
                                 at::IntArrayRef ggml_types, at::IntArrayRef act_quants,
                                 const c10::List<std::optional<at::Tensor>>& biases,
                                 const at::Tensor& norm, const at::Tensor& kv_cache,
+                                const at::Tensor& prefix_lens, const at::Tensor& tree_indptr,
                                 const at::Tensor& mask_bits,
                                 const std::optional<at::Tensor>& new_index, int64_t num_heads,
                                 int64_t num_kv_heads, const at::Tensor& out) {
@@ -42,6 +43,14 @@ HeadDims check_eagle_head_layer(const at::Tensor& tokens, const at::Tensor& feat
   TORCH_CHECK(num_heads >= 1 && num_kv_heads >= 1, kOp, ": num_heads and num_kv_heads must ",
               "be >= 1, got ", num_heads, " and ", num_kv_heads);
   check_size(kv_cache, kOp, "kv_cache", 4, num_kv_heads);
+  // The sub-ops check values; the shapes are checked here, before the cache is written.
+  check_tensor(tree_indptr, kOp, "tree_indptr", at::kInt, 1, dev);
+  const int64_t batch = tree_indptr.numel() - 1;
+  TORCH_CHECK(batch >= 0 && batch <= kv_cache.size(2), kOp, ": tree_indptr must hold B+1 ",
+              "entries for B <= ", kv_cache.size(2), " requests (kv_cache dim 2), got ",
+              tree_indptr.numel());
+  check_tensor(prefix_lens, kOp, "prefix_lens", at::kInt, 1, dev);
+  check_size(prefix_lens, kOp, "prefix_lens (one per request of tree_indptr)", 0, batch);
   check_tensor(mask_bits, kOp, "mask_bits", at::kLong, 1, dev);
   const int64_t n = mask_bits.size(0);
   if (new_index.has_value()) {
@@ -93,7 +102,8 @@ void eagle_head_layer(const at::Tensor& tokens, const at::Tensor& features,
                       int64_t num_heads, int64_t num_kv_heads, double eps, double scale,
                       const at::Tensor& out) {
   const HeadDims d = check_eagle_head_layer(tokens, features, embed, weights, ggml_types,
-                                            act_quants, biases, norm, kv_cache, mask_bits,
+                                            act_quants, biases, norm, kv_cache, prefix_lens,
+                                            tree_indptr, mask_bits,
                                             new_index, num_heads, num_kv_heads, out);
   if (d.m == 0) return;
   const LayerOps& ops = layer_ops();

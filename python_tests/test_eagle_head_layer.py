@@ -243,6 +243,9 @@ def test_opcheck():
     (dict(num_heads=0), "num_heads and num_kv_heads must be >= 1"),
     (dict(new_index="short"), "new_index.size\\(0\\) must be 3"),
     (dict(new_index=None), "without new_index every node is new"),
+    (dict(prefix_lens="short"), "prefix_lens \\(one per request of tree_indptr\\).size\\(0\\) "
+                                "must be 2"),
+    (dict(tree_indptr="int64"), "tree_indptr must be Int"),
 ])
 def test_bad_arguments_raise(change, message):
     args = random_op_args(torch.float32, "cpu", seed=1, subset=True)
@@ -253,6 +256,8 @@ def test_bad_arguments_raise(change, message):
         args[key] = args[key].long()
     elif how == "int32":
         args[key] = args[key].int()
+    elif how == "int64":
+        args[key] = args[key].long()
     elif how == "bf16":
         args[key] = args[key].bfloat16()
     elif how == "short":

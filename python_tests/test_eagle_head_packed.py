@@ -68,12 +68,44 @@ def test_packed_inference_matches_the_parameters(target, bf16_values):
     got = run_tree(head)
     layers = head.packed_layers()
     assert layers is not None
+    # The default Q8_0 format needs input widths that are multiples of 32; this head's are 48.
+    assert head.layer_format == "q8_0"
     want_type = ops.GGML_BF16 if bf16_values else ops.GGML_F32
     assert {w.ggml_type for w in (layers.fc, layers.qkv, layers.o, layers.gate_up,
                                   layers.down)} == {want_type}
     want = dense_run(head)
     torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+
+
+def test_q8_0_layers_and_the_exact_format():
+    """A head whose input widths are multiples of 32 packs Q8_0 by default: close to the
+    parameters (8-bit weights); ``layer_format = "exact"`` repacks and matches them."""
+    config = tiny_config(vocab_size=64, hidden_size=128, num_heads=2, num_kv_heads=1,
+                         intermediate_size=96)
+    head = random_head(build_model(config, random_weights(config, seed=8)), seed=8)
+    got = run_tree(head)
+    layers = head.packed_layers()
+    assert {w.ggml_type for w in (layers.fc, layers.qkv, layers.o, layers.gate_up,
+                                  layers.down)} == {ops.GGML_Q8_0}
+    want = dense_run(head)
+    err = (got[0] - want[0]).abs().max() / want[0].abs().max()
+    assert 0 < err < 0.03
+    head.layer_format = "exact"
+    exact = run_tree(head)
+    assert head.packed_layers().fc.ggml_type == ops.GGML_F32
+    torch.testing.assert_close(exact[0], want[0], atol=1e-5, rtol=1e-5)
+    head.layer_format = "q4"
+    with pytest.raises(ValueError, match="layer_format must be one of"):
+        run_tree(head)
+
+
+def test_a_head_made_under_inference_mode_drafts(target):
+    with torch.inference_mode():
+        head = random_head(target, seed=9)
+        got = run_tree(head)
+    assert head.fc.weight.is_inference()
+    torch.testing.assert_close(got[0], dense_run(head)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_repacks_when_a_parameter_changes(target):

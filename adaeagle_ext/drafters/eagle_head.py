@@ -7,8 +7,9 @@ input norm (EAGLE-1's layer 0); its post-attention norm, attention and MLP are t
 own modules. The embedding and LM head are the target's, shared and frozen (``bind``).
 
 Inference (``forward_tree``, ``logits``) runs on packed copies of the weights through
-``ops.linear`` (``eagle_head_packed.py``): the layer weights are packed from the parameters'
-current values on first use and repacked whenever a parameter changes; the LM-head rows are the
+``ops.linear`` (``eagle_head_packed.py``): the layer weights are packed (``layer_format``: Q8_0
+by default, or "exact") from the parameters' current values on first use and repacked whenever
+a parameter or the format changes; the LM-head rows are the
 target's own packed rows (or its dense rows, packed) sliced to the draft vocabulary at ``bind``.
 Under autograd (grad enabled and parameters that require grad) both fall back to the
 parameters and ``F.linear``; training (``forward_train``, ``head_weight``) never packs.
@@ -35,6 +36,7 @@ from torch import nn
 from adaeagle_ext import ops, ref
 from adaeagle_ext._build import extension_available
 from adaeagle_ext.drafters.eagle_head_packed import (
+    DEFAULT_LAYER_FORMAT,
     PackedHeadLayers,
     pack_exact,
     slice_rows,
@@ -150,6 +152,7 @@ class EagleHead(nn.Module):
         self.head_weight: torch.Tensor | None = None
         self.bound_to = None
         self.packed_inference = True  # False: inference runs the parameters (F.linear)
+        self.layer_format = DEFAULT_LAYER_FORMAT  # of the packed layers: "q8_0" or "exact"
         self.head_packed: PackedWeight | None = None  # LM-head rows [Nd, H], set by bind
         self._packed_layers: PackedHeadLayers | None = None
         self._packed_key: tuple | None = None
@@ -183,15 +186,20 @@ class EagleHead(nn.Module):
         return torch.is_grad_enabled() and self.fc.weight.requires_grad
 
     def packed_layers(self) -> PackedHeadLayers | None:
-        """The packed inference copy of the layer weights, (re)packed when a parameter has
-        changed since the last call; None when inference should run the parameters
+        """The packed inference copy of the layer weights in ``layer_format``, (re)packed when
+        it or a parameter has changed since the last call; None when inference should run the
+        parameters
         (``packed_inference`` off, or autograd on)."""
         if not self.packed_inference or self._autograd():
             return None
         params = (m._parameters[n] for m, n in self._param_slots)
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params if p is not None)
+        # Inference tensors (a head loaded under torch.inference_mode) keep no version
+        # counter; their changes in place go unseen, a replaced tensor is still noticed.
+        key = (self.layer_format,
+               *((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype)
+                 for p in params if p is not None))
         if key != self._packed_key:
-            self._packed_layers = PackedHeadLayers.from_head(self)
+            self._packed_layers = PackedHeadLayers.from_head(self, self.layer_format)
             self._packed_key = key
         return self._packed_layers
 

@@ -1,11 +1,20 @@
 """Packed inference copy of an EAGLE head's layer weights, run by ``ops.linear``.
 
 The head trains on fp32 ``nn.Parameter``s (autograd, ``F.linear``); drafting only needs their
-values. ``pack_exact`` stores a weight as BF16 blocks when every value is a bfloat16 number
-(the shipped head is saved in bf16, so nothing is lost), else as F32: the packed copy holds the
-same weights as the parameters, only summed in ``ops.linear``'s fixed order. On the 2-core CPU
-that is faster than ``F.linear`` for the few rows a draft level has, above all for M > 1,
-where PyTorch's fp32 path is slow (see ``benchmarks/bench_draft_step.py``).
+values, in one of two layer formats:
+
+- ``"q8_0"`` (the default): GGUF Q8_0 blocks, half the bytes of BF16. Drafting runs between
+  target passes that stream ~100 MB of weights through the caches, so the head's weights come
+  from DRAM each step and Q8_0 makes a head forward about a third cheaper there; τ is unchanged
+  (the eagle_head.md card has the measurement). Needs every input width to be a multiple of 32;
+  other heads get the exact format.
+- ``"exact"``: ``pack_exact`` stores a weight as BF16 blocks when every value is a bfloat16
+  number (the shipped head is saved in bf16, so nothing is lost), else as F32: the same weights
+  as the parameters, only summed in ``ops.linear``'s fixed order.
+
+Either is faster than ``F.linear`` for the few rows a draft level has on the 2-core CPU, above
+all for M > 1, where PyTorch's fp32 path is slow (see ``benchmarks/bench_draft_step.py``).
+Drafts are proposals: verification keeps the output exact whatever the format.
 
 q/k/v and gate/up are concatenated into one weight each: ``ops.linear`` computes every output
 element on its own, so one call over the stacked rows gives the same bits as separate calls.
@@ -32,6 +41,19 @@ def pack_exact(weight: torch.Tensor) -> PackedWeight:
     return PackedWeight.from_float(w.float(), ops.GGML_F32)
 
 
+LAYER_FORMATS = ("q8_0", "exact")
+DEFAULT_LAYER_FORMAT = "q8_0"
+
+
+def pack_layer_weight(weight: torch.Tensor, layer_format: str) -> PackedWeight:
+    """[N, K] float weight -> PackedWeight in ``layer_format`` ("q8_0" needs K % 32 == 0)."""
+    if layer_format not in LAYER_FORMATS:
+        raise ValueError(f"layer_format must be one of {LAYER_FORMATS}, got {layer_format!r}")
+    if layer_format == "q8_0":
+        return PackedWeight.from_float(weight.detach().float(), ops.GGML_Q8_0)
+    return pack_exact(weight)
+
+
 def _bias(*layers: torch.nn.Linear) -> torch.Tensor | None:
     """float32 concatenation of the layers' biases (zeros for a missing one), or None when
     none has a bias."""
@@ -55,16 +77,24 @@ class PackedHeadLayers:
     down: PackedWeight
 
     @classmethod
-    def from_head(cls, head) -> PackedHeadLayers:
-        """Pack ``head``'s current parameter values (an ``EagleHead``)."""
+    def from_head(cls, head, layer_format: str = DEFAULT_LAYER_FORMAT) -> PackedHeadLayers:
+        """Pack ``head``'s current parameter values (an ``EagleHead``) in ``layer_format``."""
         a, mlp = head.self_attn, head.mlp
         projs = (a.q_proj, a.k_proj, a.v_proj)
+        widths = (head.fc.in_features, a.q_proj.in_features, a.o_proj.in_features,
+                  mlp.down_proj.in_features)
+        if layer_format == "q8_0" and any(k % 32 for k in widths):
+            layer_format = "exact"  # Q8_0 blocks hold 32 inputs
+
+        def pack(w):
+            return pack_layer_weight(w, layer_format)
+
         return cls(
-            fc=pack_exact(head.fc.weight), fc_bias=_bias(head.fc),
-            qkv=pack_exact(torch.cat([p.weight for p in projs])), qkv_bias=_bias(*projs),
-            o=pack_exact(a.o_proj.weight), o_bias=_bias(a.o_proj),
-            gate_up=pack_exact(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-            down=pack_exact(mlp.down_proj.weight))
+            fc=pack(head.fc.weight), fc_bias=_bias(head.fc),
+            qkv=pack(torch.cat([p.weight for p in projs])), qkv_bias=_bias(*projs),
+            o=pack(a.o_proj.weight), o_bias=_bias(a.o_proj),
+            gate_up=pack(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+            down=pack(mlp.down_proj.weight))
 
     @cached_property
     def op_args(self) -> tuple[list[torch.Tensor], list[int], list[int], list]:
