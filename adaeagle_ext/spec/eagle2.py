@@ -23,11 +23,12 @@ from adaeagle_ext.spec.eagle_base import EagleBase, csr_tree, depth_caps
 from adaeagle_ext.spec.strategy import DraftTree, StepState, register
 
 # Chosen on the 2-core CPU with the shipped head: a verify pass over T tokens costs more as T
-# grows, so the small tree beats EAGLE-2's GPU-sized ones (top_k 6, depth 5, 20 tokens: 0.5x
-# `ar`); Spec-Bench numbers in benchmarks/README.md.
-DEFAULT_TOP_K = 3
-DEFAULT_DEPTH = 3
-DEFAULT_TOTAL_TOKENS = 6
+# grows, so small trees beat EAGLE-2's GPU-sized ones (top_k 6, depth 5, 20 tokens: 0.5x
+# `ar`). Session 7 (30 Spec-Bench questions): (2, 2, 3) 0.95x `ar`, (3, 3, 6) 0.74x;
+# benchmarks/README.md.
+DEFAULT_TOP_K = 2
+DEFAULT_DEPTH = 2
+DEFAULT_TOTAL_TOKENS = 3
 
 
 @register

@@ -13,7 +13,7 @@ from adaeagle_ext.models.tree_inputs import chain_inputs
 from op_cases import Case
 
 PREFIX = 300
-TOKENS = (1, 8)
+TOKENS = (1, 2, 3, 4, 8)
 DTYPES = (torch.float32, torch.bfloat16)
 
 
