@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from composed_op_fixtures import check_against_reference, cpu_copy
 from model_fixtures import chain_then_tree, random_weights, tiny_config
 
 from adaeagle_ext import ops, ref
@@ -166,22 +167,12 @@ def random_op_args(dtype, device, seed, act_quant=0, bias=False):
 def test_matches_reference_and_leaves_other_rows(device, dtype, act_quant, bias):
     args = random_op_args(dtype, device, seed=act_quant + bias, act_quant=act_quant, bias=bias)
     before = args["kv_cache"].clone()
-    ref_args = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
-    ref_args = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in ref_args.items()}
-    ref_args["weights"] = [w.cpu() for w in args["weights"]]
-    ref_args["norms"] = [w.cpu() for w in args["norms"]]
-    ref_args["qkv_biases"] = [None if b is None else b.cpu() for b in args["qkv_biases"]]
+    ref_args = {k: cpu_copy(v) for k, v in args.items()}
     if act_quant and device == "cuda":
         ref_args["act_quants"] = [0] * len(args["act_quants"])  # CUDA runs float activations
     want = ref.decoder_layers(**ref_args)
     got = ops.decoder_layers(**args)
-    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(got.cpu().float(), want.float(), **tol)
-    torch.testing.assert_close(args["kv_cache"].cpu().float(), ref_args["kv_cache"].float(),
-                               **tol)
-    written = torch.zeros(3, 16, dtype=torch.bool)
-    written[args["req"].cpu(), args["rows"].cpu()] = True
-    assert torch.equal(args["kv_cache"][:, :, ~written], before[:, :, ~written])
+    check_against_reference(got, want, args, ref_args, before, dtype)
 
 
 def test_a_row_alone_equals_the_row_in_a_batch():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from composed_op_fixtures import check_against_reference, cpu_copy
 from eagle_fixtures import random_head
 from model_fixtures import ours, random_weights, tiny_config
 
@@ -174,14 +175,6 @@ def random_op_args(dtype, device, seed, act_quant=0, bias=False, subset=False):
         eps=1e-5, scale=d ** -0.5)
 
 
-def _cpu(v):
-    if isinstance(v, torch.Tensor):
-        return v.clone().cpu()
-    if isinstance(v, list):
-        return [_cpu(x) for x in v]
-    return v
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("act_quant,bias,subset", [
     (0, False, False), (0, True, False), (8, False, False), (0, False, True), (0, True, True)])
@@ -189,26 +182,20 @@ def test_matches_reference_and_leaves_other_rows(device, dtype, act_quant, bias,
     args = random_op_args(dtype, device, seed=act_quant + 2 * bias + 4 * subset,
                           act_quant=act_quant, bias=bias, subset=subset)
     before = args["kv_cache"].clone()
-    ref_args = {k: _cpu(v) for k, v in args.items()}
+    ref_args = {k: cpu_copy(v) for k, v in args.items()}
     if act_quant and device == "cuda":
         ref_args["act_quants"] = [0] * 5  # CUDA runs float activations
     want = ref.eagle_head_layer(**ref_args)
     got = ops.eagle_head_layer(**args)
     assert got.shape == want.shape == (args["tokens"].numel(), 128)
-    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(got.cpu().float(), want.float(), **tol)
-    torch.testing.assert_close(args["kv_cache"].cpu().float(), ref_args["kv_cache"].float(),
-                               **tol)
-    written = torch.zeros(3, 16, dtype=torch.bool)
-    written[args["req"].cpu(), args["rows"].cpu()] = True
-    assert torch.equal(args["kv_cache"][:, :, ~written], before[:, :, ~written])
+    check_against_reference(got, want, args, ref_args, before, dtype)
 
 
 def test_a_row_alone_equals_the_row_in_a_batch():
     """New node 6 (request 1, child of its root) computed with nodes 1 and 3 of request 0 and
     alone in a one-request call over the same cache rows."""
     args = random_op_args(torch.float32, "cpu", seed=3, subset=True)
-    base = {k: _cpu(v) for k, v in args.items()}
+    base = {k: cpu_copy(v) for k, v in args.items()}
     together = ops.eagle_head_layer(**args)
     alone = dict(base, tokens=base["tokens"][2:], features=base["features"][2:],
                  cos=base["cos"][2:], sin=base["sin"][2:], req=torch.zeros(1, dtype=torch.int64),
