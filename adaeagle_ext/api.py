@@ -80,7 +80,13 @@ class Pipeline:
         return self._tokenizer
 
     def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
-        """Token ids of a raw prompt, chat messages, or already-tokenised ids."""
+        """Token ids of a string, chat messages, or already-tokenised ids.
+
+        A string becomes one user turn of the chat template when ``chat`` is True, or None and
+        the tokenizer has a template (as ``adaeagle generate`` does); raw text otherwise.
+        """
+        if isinstance(prompt, str) and chat is None:
+            chat = self.tokenizer.has_chat_template
         if isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)):
             return self.tokenizer.encode(prompt, chat=chat)
         ids = [int(t) for t in prompt]
@@ -107,9 +113,10 @@ class Pipeline:
         on its own).
 
         Args:
-            prompt: a raw string, a list of chat messages ({"role", "content"}), a list of
-                token ids, or a list of those (a batch). ``chat=True`` applies the chat
-                template to a raw string.
+            prompt: a string, a list of chat messages ({"role", "content"}), a list of
+                token ids, or a list of those (a batch).
+            chat: for a string: True wraps it as one user turn of the chat template, False
+                keeps it raw text; None (default) chats when the tokenizer has a template.
             method: "ar" or a later strategy name / instance.
             max_new_tokens, temperature, top_k, top_p, seed: decoding controls.
             stop: strings that end a request (the text is cut before them).

@@ -54,13 +54,13 @@ def test_weights_equal_transformers_gguf_conversion(pipe):
 
 def test_logits_and_greedy_match_transformers(pipe, hf):
     for prompt in PROMPTS:
-        ids = pipe.encode(prompt)
+        ids = pipe.encode(prompt, chat=False)
         with torch.no_grad():
             want = hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
                                eos_token_id=None, pad_token_id=2)[0, len(ids):].tolist()
         res = pipe.generate(ids, max_new_tokens=8, eos=False)
         assert res.token_ids == want, prompt
-    ids = pipe.encode(PROMPTS[0])
+    ids = pipe.encode(PROMPTS[0], chat=False)
     with torch.no_grad():
         want = hf(torch.tensor([ids])).logits[0, -1]
     from adaeagle_ext.models.tree_inputs import chain_inputs
@@ -75,8 +75,16 @@ def test_chat_batch_and_stop(pipe):
     chats = [[{"role": "user", "content": "What is 2+2?"}], "Name a color.", PROMPTS[2]]
     res = pipe.generate(chats[:2], chat=True, max_new_tokens=12)
     assert all(r.text.strip() for r in res)
-    stopped = pipe.generate(PROMPTS[2], max_new_tokens=16, stop=[","])
+    stopped = pipe.generate(PROMPTS[2], chat=False, max_new_tokens=16, stop=[","])
     assert "," not in stopped.text
+
+
+def test_a_string_is_a_chat_turn_unless_chat_is_false(pipe):
+    chat = pipe.encode("Name a color.")
+    assert chat == pipe.encode("Name a color.", chat=True)
+    assert chat == pipe.encode([{"role": "user", "content": "Name a color."}])
+    raw = pipe.encode("Name a color.", chat=False)
+    assert len(raw) < len(chat) and raw != chat
 
 
 def test_cli_generate(capsys):
@@ -93,12 +101,12 @@ def test_native_weights_match_dequantised(pipe, native):
     float32 weights (up to the summation order)."""
     assert native.model.packed and not pipe.model.packed
     for prompt in PROMPTS:
-        ids = pipe.encode(prompt)
+        ids = pipe.encode(prompt, chat=False)
         want = pipe.generate(ids, max_new_tokens=8, eos=False).token_ids
         assert native.generate(ids, max_new_tokens=8, eos=False).token_ids == want, prompt
     from adaeagle_ext.models.tree_inputs import chain_inputs
 
-    ids = torch.tensor(pipe.encode(PROMPTS[1]))
+    ids = torch.tensor(pipe.encode(PROMPTS[1], chat=False))
     logits = []
     for p in (pipe, native):
         cache = p.model.new_cache(1, 32)
@@ -114,7 +122,7 @@ def test_native_model_runs_all_layers_in_one_op(native, monkeypatch):
 
     model = native.model
     assert model._decoder_layers_args(torch.empty(1, 576), model.new_cache(1, 1).buf)
-    ids = torch.tensor(native.encode(PROMPTS[0]))
+    ids = torch.tensor(native.encode(PROMPTS[0], chat=False))
     outs = []
     for fused in (True, False):
         monkeypatch.setattr(llama, "_FUSED_LAYERS", fused)
