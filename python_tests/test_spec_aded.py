@@ -13,6 +13,7 @@ from eagle_fixtures import (  # noqa: F401
     tiny_target,
 )
 
+from adaeagle_ext import ops
 from adaeagle_ext.drafters.aded import DEFAULT_TABLE_PATH
 from adaeagle_ext.drafters.trigram import HEADER, TrigramFileError, count_trigrams
 from adaeagle_ext.spec.aded import (
@@ -45,10 +46,12 @@ def own_output_table(model, seed: int, vocab: int = 8):
 def strategies(model, seed: int):
     random = random_table(seed)
     own = own_output_table(model, seed)
-    return [Aded(table=random), Aded(table=own), Aded(table="none"),
-            Aded(table=own, max_nodes=6, iterations=40), Aded("max_len=6,top_paths=8",
-                                                               table=random),
-            Aded(table=own, c1=1.0, c2=2.0, seed=seed)]
+    big = ops.MAX_TREE_NODES  # ADED's own tree size: trees of every shape
+    return [Aded(table=random, max_nodes=big), Aded(table=own, max_nodes=big),
+            Aded(table="none", max_nodes=big), Aded(table=own), Aded(table=own, max_nodes=6,
+                                                                       iterations=40),
+            Aded("max_len=6,top_paths=8", table=random, max_nodes=big),
+            Aded(table=own, c1=1.0, c2=2.0, seed=seed, max_nodes=big)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ def state_for(history: list[int]) -> StepState:
 
 def test_without_a_table_the_prompt_seeds_the_drafts():
     model = tiny_target(vocab=101, seed=0)
-    strategy = Aded(table="none")
+    strategy = Aded(table="none", max_nodes=ops.MAX_TREE_NODES)
     strategy.setup(model, 1)
     assert strategy.table is None
     tree = strategy.propose(state_for([40, 41, 42, 43, 44, 9, 40, 41]))

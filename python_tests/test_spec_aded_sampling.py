@@ -21,6 +21,7 @@ from exact_sampling import (
     sample_counts,
 )
 
+from adaeagle_ext import ops
 from adaeagle_ext.drafters.trigram import count_trigrams
 from adaeagle_ext.spec.aded import Aded
 from adaeagle_ext.spec.sampling import SamplingParams, target_probs
@@ -34,7 +35,8 @@ def table():
 
 
 def test_aded_matches_exact(sampling_model, table):
-    _, _, stats = assert_matches(sampling_model, Aded(table=table), PARAMS)
+    big = Aded(table=table, max_nodes=ops.MAX_TREE_NODES)  # ADED's own trees
+    _, _, stats = assert_matches(sampling_model, big, PARAMS)
     assert stats.mean_accepted > 1.2  # drafts were accepted, so the rule was exercised
     assert max(stats.draft_tokens) > 4  # trees, not chains: siblings were exercised
 
@@ -45,7 +47,8 @@ def test_aded_small_trees_with_filters(sampling_model, table):
 
 
 def test_aded_without_a_table(sampling_model):
-    _, _, stats = assert_matches(sampling_model, Aded(table="none"), PARAMS)
+    _, _, stats = assert_matches(sampling_model, Aded(table="none",
+                                                      max_nodes=ops.MAX_TREE_NODES), PARAMS)
     assert stats.mean_accepted > 1.05
 
 
@@ -91,6 +94,6 @@ class AdedNucleusRule(Aded):
 
 def test_adeds_own_rule_fails(sampling_model, table):
     joint = exact_joint(sampling_model, PARAMS)
-    counts, _ = sample_counts(sampling_model, AdedNucleusRule(table=table), PARAMS)
+    counts, _ = sample_counts(sampling_model, AdedNucleusRule(table=table, max_nodes=ops.MAX_TREE_NODES), PARAMS)
     stat, df = chi_square(counts, joint, SAMPLES)
     assert stat > df + 5 * (2 * df) ** 0.5, (stat, df)
