@@ -9,8 +9,9 @@ own modules. The embedding and LM head are the target's, shared and frozen (``bi
 Inference (``forward_tree``, ``logits``) runs on packed copies of the weights through
 ``ops.linear`` (``eagle_head_packed.py``): the layer weights are packed (``layer_format``: Q8_0
 by default, or "exact") from the parameters' current values on first use and repacked whenever
-a parameter or the format changes; the LM-head rows are the
-target's own packed rows (or its dense rows, packed) sliced to the draft vocabulary at ``bind``.
+a parameter or the format changes; the LM-head rows are the target's own packed rows (or its
+dense rows, packed) sliced to the draft vocabulary at ``bind``. A packed forward is one
+``ops.eagle_head_layer`` call when the op takes the head (head dim 64 or 128).
 Under autograd (grad enabled and parameters that require grad) both fall back to the
 parameters and ``F.linear``; training (``forward_train``, ``head_weight``) never packs.
 
@@ -188,8 +189,7 @@ class EagleHead(nn.Module):
     def packed_layers(self) -> PackedHeadLayers | None:
         """The packed inference copy of the layer weights in ``layer_format``, (re)packed when
         it or a parameter has changed since the last call; None when inference should run the
-        parameters
-        (``packed_inference`` off, or autograd on)."""
+        parameters (``packed_inference`` off, or autograd on)."""
         if not self.packed_inference or self._autograd():
             return None
         params = (m._parameters[n] for m, n in self._param_slots)
