@@ -1,7 +1,9 @@
-"""Shared benchmark helpers: timing and a description of the machine and versions."""
+"""Shared benchmark helpers: timing, a description of the machine and versions, and the
+Spec-Bench questions."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -63,3 +65,17 @@ def machine_info() -> dict:
     if adaeagle_ext.extension_available():
         info["build"] = adaeagle_ext.build_info()
     return info
+
+
+def spec_bench_first_turns(per_category: int) -> list[str]:
+    """The first turns of the first ``per_category`` Spec-Bench questions of each of its 13
+    categories (this workplace's ``shared/data/spec_bench/question.jsonl``), category by
+    category."""
+    from adaeagle_ext.train.conversations import DEFAULT_DATA_ROOT
+
+    path = DEFAULT_DATA_ROOT.parent / "spec_bench" / "question.jsonl"
+    by_category: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        q = json.loads(line)
+        by_category.setdefault(q["category"], []).append(q["turns"][0])
+    return [t for turns in by_category.values() for t in turns[:per_category]]

@@ -12,14 +12,10 @@ prefill time is left out.
 from __future__ import annotations
 
 import argparse
-import json
 
-import torch
+from common import spec_bench_first_turns
 
 from adaeagle_ext.api import load
-from adaeagle_ext.train.conversations import DEFAULT_DATA_ROOT
-
-SPEC_BENCH = DEFAULT_DATA_ROOT.parent / "spec_bench" / "question.jsonl"
 
 
 def main() -> None:
@@ -29,11 +25,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
     p = load(None, dtype="bfloat16", threads=args.threads, progress=False)
-    by_category: dict[str, list[str]] = {}
-    for line in SPEC_BENCH.read_text().splitlines():
-        q = json.loads(line)
-        by_category.setdefault(q["category"], []).append(q["turns"][0])
-    prompts = [turns[1] for turns in by_category.values()]
+    prompts = spec_bench_first_turns(2)[1::2]  # the second question of each category
     p.generate(prompts[0], method=args.methods[-1], max_new_tokens=8)  # warm-up
     totals = {m: [0, 0, 0.0, 0.0] for m in args.methods}
     for prompt in prompts:

@@ -11,15 +11,12 @@ identical to ``ar``, so only τ and the time can differ. Prints τ and decode to
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
+from common import spec_bench_first_turns
 
 from adaeagle_ext.api import load
 from adaeagle_ext.spec.eagle_base import resolve_head
-from adaeagle_ext.train.conversations import DEFAULT_DATA_ROOT
-
-SPEC_BENCH = DEFAULT_DATA_ROOT.parent / "spec_bench" / "question.jsonl"
 
 
 def main() -> None:
@@ -31,11 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     p = load(None, dtype="bfloat16", threads=args.threads, progress=False)
     head = resolve_head(None, p.model)
-    by_category: dict[str, list[str]] = {}
-    for line in SPEC_BENCH.read_text().splitlines():
-        q = json.loads(line)
-        by_category.setdefault(q["category"], []).append(q["turns"][0])
-    prompts = [t for turns in by_category.values() for t in turns[:args.per_category]]
+    prompts = spec_bench_first_turns(args.per_category)
     totals = {f: [0, 0, 0.0] for f in ("exact", "q8_0")}
     for prompt in prompts:
         for fmt, tot in totals.items():

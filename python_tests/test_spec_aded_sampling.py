@@ -94,6 +94,7 @@ class AdedNucleusRule(Aded):
 
 def test_adeds_own_rule_fails(sampling_model, table):
     joint = exact_joint(sampling_model, PARAMS)
-    counts, _ = sample_counts(sampling_model, AdedNucleusRule(table=table, max_nodes=ops.MAX_TREE_NODES), PARAMS)
+    rule = AdedNucleusRule(table=table, max_nodes=ops.MAX_TREE_NODES)
+    counts, _ = sample_counts(sampling_model, rule, PARAMS)
     stat, df = chi_square(counts, joint, SAMPLES)
     assert stat > df + 5 * (2 * df) ** 0.5, (stat, df)
