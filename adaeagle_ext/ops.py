@@ -716,6 +716,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *,
 # rope_store_kv
 
 
+def _rope_tables_2d(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin as [N, D] (``rope_cos_sin`` gives [N, 1, D])."""
+    if cos.dim() == 3:
+        cos = cos.view(cos.shape[0], cos.shape[2])
+    if sin.dim() == 3:
+        sin = sin.view(sin.shape[0], sin.shape[2])
+    return cos, sin
+
+
 def rope_store_kv(
     qkv: torch.Tensor,
     cos: torch.Tensor,
@@ -756,10 +765,7 @@ def rope_store_kv(
     Returns:
         q_out [N, H, D], the roped queries.
     """
-    if cos.dim() == 3:
-        cos = cos.view(cos.shape[0], cos.shape[2])
-    if sin.dim() == 3:
-        sin = sin.view(sin.shape[0], sin.shape[2])
+    cos, sin = _rope_tables_2d(cos, sin)
     if q_out is None:
         dim = kv_cache.shape[-1] if kv_cache.dim() == 6 else 0
         q_out = torch.empty(qkv.shape[0], num_heads, dim, dtype=qkv.dtype, device=qkv.device)
@@ -892,10 +898,7 @@ def eagle_head_layer(
     Returns:
         out [M, hidden], the predicted features of the new nodes.
     """
-    if cos.dim() == 3:
-        cos = cos.view(cos.shape[0], cos.shape[2])
-    if sin.dim() == 3:
-        sin = sin.view(sin.shape[0], sin.shape[2])
+    cos, sin = _rope_tables_2d(cos, sin)
     if out is None:
         out = torch.empty(tokens.shape[0], embed.shape[-1], dtype=embed.dtype,
                           device=embed.device)

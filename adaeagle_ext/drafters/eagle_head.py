@@ -238,7 +238,8 @@ class EagleHead(nn.Module):
 
     def forward_tree(self, tokens, features, positions, cache: KVCache, prefix_lens,
                      tree_indptr, mask_bits, new_index=None, *,
-                     cache_rows: torch.Tensor | None = None) -> torch.Tensor:
+                     cache_slots: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> torch.Tensor:
         """Run new draft nodes of a ragged batch over the head's cache; write their K/V.
 
         The call covers N nodes per CSR (``tree_indptr`` [B+1], ``mask_bits`` int64 [N]); node
@@ -250,38 +251,35 @@ class EagleHead(nn.Module):
             tokens: int64 [M]; features [M, H]; positions int64 [M] (of the new nodes).
             cache: the head's KVCache (``cache.lens`` is not changed).
             prefix_lens: int32 [B].
-            cache_rows: optional int64 [M], the new nodes' rows in the flattened cache
-                (``b * S_max + prefix_lens[b] + local j``), when the caller has them at hand;
-                they are then neither recomputed nor bounds-checked.
+            cache_slots: optional (req, rows), int64 [M] each: the new nodes' requests and
+                cache rows (``prefix_lens[b] + local j``), when the caller has them at hand;
+                they are then not recomputed here (the cache write still checks them).
 
         Returns:
             predicted next features [M, H] (head dtype).
         """
         packed = self.packed_layers()
-        if cache_rows is None:
-            cache_rows = self._cache_rows(cache, prefix_lens, tree_indptr, new_index)
+        req, rows = cache_slots or self._cache_slots(cache, prefix_lens, tree_indptr, new_index)
         buf = cache.buf
         attn = self.self_attn
         if packed is not None and self._fused_step_applies(buf):
-            m, s_max = tokens.shape[0], buf.shape[3]
+            m = tokens.shape[0]
             cos, sin = rope_cos_sin(positions, self.inv_freq, self.embed.dtype)
             return ops.eagle_head_layer(
                 tokens, features.to(self.embed.dtype), self.embed, *packed.op_args,
                 self.post_attention_layernorm.weight, cos.view(m, -1), sin.view(m, -1), buf,
-                cache_rows // s_max, cache_rows % s_max, prefix_lens, tree_indptr, mask_bits,
-                new_index, attn.num_heads, attn.num_kv_heads,
+                req, rows, prefix_lens, tree_indptr, mask_bits, new_index, attn.num_heads,
+                attn.num_kv_heads,
                 self.post_attention_layernorm.eps, attn.scale)
         x = self.fuse(tokens, features, packed)
         cos, sin = rope_cos_sin(positions, self.inv_freq, x.dtype)
         if packed is None:
             q, k, v = attn.project(x, cos, sin)
-            kv_rows = buf.shape[2] * buf.shape[3]
-            buf[0, 0].view(kv_rows, *k.shape[1:]).index_copy_(0, cache_rows, k.to(buf.dtype))
-            buf[0, 1].view(kv_rows, *v.shape[1:]).index_copy_(0, cache_rows, v.to(buf.dtype))
+            buf[0, 0, req, rows] = k.to(buf.dtype)
+            buf[0, 1, req, rows] = v.to(buf.dtype)
         else:
             qkv = packed.qkv.linear(x, packed.qkv_bias)
-            m, s_max = qkv.shape[0], buf.shape[3]
-            req, rows = cache_rows // s_max, cache_rows % s_max
+            m = qkv.shape[0]
             store = (ops.rope_store_kv if fused_rope_applies(qkv, cos, sin, buf, req, rows)
                      else ref.rope_store_kv)
             q = store(qkv, cos.view(m, -1), sin.view(m, -1), buf, 0, req, rows, attn.num_heads,
@@ -306,8 +304,9 @@ class EagleHead(nn.Module):
                 and self.post_attention_layernorm.weight.dtype == dt)
 
     @staticmethod
-    def _cache_rows(cache: KVCache, prefix_lens, tree_indptr, new_index) -> torch.Tensor:
-        """int64 [M] rows of the new nodes in the flattened cache ``[B * S_max]``."""
+    def _cache_slots(cache: KVCache, prefix_lens, tree_indptr,
+                     new_index) -> tuple[torch.Tensor, torch.Tensor]:
+        """(req, rows), int64 [M] each: the new nodes' requests and cache rows."""
         n = int(tree_indptr[-1])
         indptr = tree_indptr.to(torch.int64)
         sizes = indptr[1:] - indptr[:-1]
@@ -317,7 +316,7 @@ class EagleHead(nn.Module):
             rows, req = rows[new_index], req[new_index]
         if rows.numel() and int(rows.max()) >= cache.max_seq_len:
             raise ValueError("the draft cache is too small for this call")
-        return req * cache.max_seq_len + rows
+        return req, rows
 
     def forward_train(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Differentiable causal forward over padded sequences (no cache).

@@ -136,11 +136,11 @@ class EagleBase(Strategy):
             toks[b] = state.history[b][self.stable[b] + 1: prefix[b] + 1]
             self.pending[b] = []
         # Chunks of <= 64 pairs per request, all requests in one head call per chunk.
-        s_max = self.cache.max_seq_len
         last: dict[int, torch.Tensor] = {}
         done = dict.fromkeys(act, 0)
         while any(done[b] < feats[b].shape[0] for b in act):
-            indptr, start, positions, rows, bits, tokens, f_parts = [0], [], [], [], [], [], []
+            indptr, start, positions, bits, tokens, f_parts = [0], [], [], [], [], []
+            slot_req, rows = [], []
             ends = {}
             for b in range(self.batch):
                 first = self.stable[b] + done.get(b, 0)
@@ -148,7 +148,8 @@ class EagleBase(Strategy):
                 size = min(MAX_TREE_NODES, feats[b].shape[0] - done[b]) if b in done else 0
                 if size > 0:
                     positions.extend(range(first, first + size))
-                    rows.extend(range(b * s_max + first, b * s_max + first + size))
+                    slot_req.extend([b] * size)
+                    rows.extend(range(first, first + size))
                     bits.extend(_CHAIN_BITS[:size])
                     tokens.extend(toks[b][done[b]:done[b] + size])
                     f_parts.append(feats[b][done[b]:done[b] + size])
@@ -162,7 +163,8 @@ class EagleBase(Strategy):
                 torch.tensor(positions, dtype=torch.int64), self.cache,
                 torch.tensor(start, dtype=torch.int32), torch.tensor(indptr, dtype=torch.int32),
                 torch.tensor(bits, dtype=torch.int64),
-                cache_rows=torch.tensor(rows, dtype=torch.int64))
+                cache_slots=(torch.tensor(slot_req, dtype=torch.int64),
+                             torch.tensor(rows, dtype=torch.int64)))
             for b, row in ends.items():
                 last[b] = out[row]
         for b in act:
@@ -200,7 +202,6 @@ class EagleBase(Strategy):
         new_index = [0] * m
         fed_index = [0] * m
         rows = [0] * m
-        s_max = self.cache.max_seq_len
         for b in range(self.batch):
             fed = self._fed[b]
             for j, (bj, _) in enumerate(fed):
@@ -215,12 +216,13 @@ class EagleBase(Strategy):
                 positions[i] = self.stable[b] + pd  # depth pd + 1 sits at stable + depth - 1
                 new_index[i] = indptr[b] + j
                 fed_index[i] = j
-                rows[i] = b * s_max + self.stable[b] + j
+                rows[i] = self.stable[b] + j
         out = self.head.forward_tree(
             tokens, features, torch.tensor(positions, dtype=torch.int64), self.cache,
             self._stable_t, torch.tensor(indptr, dtype=torch.int32),
             torch.tensor(bits, dtype=torch.int64), torch.tensor(new_index, dtype=torch.int64),
-            cache_rows=torch.tensor(rows, dtype=torch.int64))
+            cache_slots=(torch.tensor(req, dtype=torch.int64),
+                         torch.tensor(rows, dtype=torch.int64)))
         return out, fed_index
 
     @torch.no_grad()

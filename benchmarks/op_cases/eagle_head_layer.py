@@ -32,18 +32,18 @@ def cases(device: str) -> list[Case]:
             positions, indptr, bits = chain_inputs(torch.tensor([n]), prefix)
             tokens = torch.randint(0, head.config.vocab_size, (n,))
             features = torch.randn(n, head.config.hidden_size).to(dtype)
-            rows = PREFIX + torch.arange(n)
+            slots = (torch.zeros(n, dtype=torch.int64), PREFIX + torch.arange(n))
             call = (tokens, features, positions, cache, prefix, indptr, bits)
 
             @torch.inference_mode()
-            def ours(call=call, rows=rows, head=head):
-                head.forward_tree(*call, cache_rows=rows)
+            def ours(call=call, slots=slots, head=head):
+                head.forward_tree(*call, cache_slots=slots)
 
             @torch.inference_mode()
-            def op_by_op(call=call, rows=rows, head=head):
+            def op_by_op(call=call, slots=slots, head=head):
                 eagle_head._FUSED_HEAD = False
                 try:
-                    head.forward_tree(*call, cache_rows=rows)
+                    head.forward_tree(*call, cache_slots=slots)
                 finally:
                     eagle_head._FUSED_HEAD = True
 
