@@ -133,7 +133,7 @@ struct Chunk<kGgmlQ4_1> {
   ADAEAGLE_AVX2_INLINE __m256 group(int j) const {
     // d * q is exact in fp32 (4 x 11 significant bits), so one rounding of d * q + m,
     // fused or not, gives gguf's value.
-    return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q4_group(q, j)), d), m);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_group(q, j)), d, m);
   }
 };
 
@@ -271,8 +271,9 @@ ADAEAGLE_AVX2 void dequantize_rows(const LinearArgs& a, int64_t n0, int count, f
 
 // Outputs [0, M) x [n0, n0 + kPanel): MT input rows at a time against NT weight rows at a
 // time, so the MT x rows stay in L1 while the panel's rows (in L1/L2 after the first pass) go
-// by. The last M % MT rows take a tile as wide as the panel allows (1 x 8, 2 x 4, 3 x 4), so
-// that it still advances 8 or 12 accumulators side by side.
+// by. The last M % MT rows take a wider tile (1 x 8, 2 x 4, 3 x 4; narrower where the weights'
+// scales would not fit the registers), so that it still advances several accumulators side by
+// side.
 template <int Type, int MT, int NT>
 ADAEAGLE_AVX2 void panel_rows(const LinearArgs& a, const RowSource& src, int64_t m0, int64_t n0) {
   for (int p = 0; p < kPanel; p += NT) {
@@ -283,6 +284,15 @@ ADAEAGLE_AVX2 void panel_rows(const LinearArgs& a, const RowSource& src, int64_t
 
 template <int Type>
 constexpr bool kDecoded = Type != kGgmlF32;
+// Tile widths for one and two rows: each weight row of a tile keeps its block's scales in
+// registers (Q4_1: d and m, Q4_0 / Q8_0: d), so wide tiles of these types spill. Measured at
+// M = 1 / 2 over the default model's layer shapes (weights from DRAM): Q4_1 1 x 2 and 2 x 2
+// run 20% / 17% faster than 1 x 8 and 2 x 4, Q4_0 2 x 2 7% faster than 2 x 4, Q8_0 1 x 4 6%
+// faster than 1 x 8 (its 2 x 4 stays best).
+template <int Type>
+constexpr int kOneRowTile = Type == kGgmlQ4_1 ? 2 : Type == kGgmlQ4_0 || Type == kGgmlQ8_0 ? 4 : 8;
+template <int Type>
+constexpr int kTwoRowTile = Type == kGgmlQ4_1 || Type == kGgmlQ4_0 ? 2 : 4;
 
 template <int Type, int MT, int NT>
 ADAEAGLE_AVX2 void panel(const LinearArgs& a, const RowSource& src, int64_t n0) {
@@ -291,8 +301,8 @@ ADAEAGLE_AVX2 void panel(const LinearArgs& a, const RowSource& src, int64_t n0) 
   for (; m0 + MT <= a.m; m0 += MT) panel_rows<Type, MT, NT>(a, src, m0, n0);
   switch (a.m - m0) {
     case 3: panel_rows<Type, 3, kDecoded<Type> ? 2 : 4>(a, src, m0, n0); break;
-    case 2: panel_rows<Type, 2, 4>(a, src, m0, n0); break;
-    case 1: panel_rows<Type, 1, 8>(a, src, m0, n0); break;
+    case 2: panel_rows<Type, 2, kTwoRowTile<Type>>(a, src, m0, n0); break;
+    case 1: panel_rows<Type, 1, kOneRowTile<Type>>(a, src, m0, n0); break;
     default: break;
   }
 }
@@ -334,8 +344,9 @@ constexpr int64_t kDequantOnceRows = 5;
 constexpr int64_t kPlainCopyRows = 16;
 constexpr int64_t kPlainCopyMaxK = 768;
 
-// Tile shape by M (measured on Zen 3, weights from DRAM): up to 4 rows one row tile of 8 or
-// 12 accumulators (1 x 8, 2 x 4, 3 x 4 (3 x 2 where weights are decoded), 4 x 2); quantised
+// Tile shape by M (measured on Zen 3, weights from DRAM): up to 4 rows one row tile (1 x 8,
+// 2 x 4, 3 x 4 (3 x 2 where weights are decoded), 4 x 2; narrower for one or two rows of
+// quantised weights, see kOneRowTile); quantised
 // weights with 5 to 8 rows one M x 1 tile (each group decoded once for all rows: a verify
 // pass of 5 to 8 tokens costs 13% less than with the copy), from 9 rows on the dequantised
 // copy; from 5 rows on fp32 weights (or their copy) take 3 x 4 tiles and the other types 4 x 2.
