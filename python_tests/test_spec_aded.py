@@ -264,7 +264,7 @@ def test_search_trees_have_distinct_siblings(seed):
     """verify_sampling's top-k rule is exact only for distinct siblings: the search's trees
     have them before any post-processing."""
     model = tiny_target(vocab=30, seed=seed)
-    strategy = Aded(table=random_table(seed, vocab=30, docs=200))
+    strategy = Aded(table=random_table(seed, vocab=30, docs=200), max_nodes=ops.MAX_TREE_NODES)
     strategy.setup(model, 1)
     rng = np.random.default_rng(seed)
     for _ in range(20):

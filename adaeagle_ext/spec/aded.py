@@ -22,13 +22,20 @@ tokens (the search seed depends on the context length only) and siblings carry d
 (checked, duplicates dropped). ADED's own approximate nucleus rule is not used.
 
 Spec string (any subset, comma-separated): ``table=auto|default|none|PATH`` (``path=PATH``),
-``iterations=150``, ``max_nodes=3``, ``c1=32``, ``c2=8``, ``max_len=4``, ``top_paths=24``,
-``seed=0``. The defaults are ADED's (``AdedDrafter``) except ``max_nodes``: ADED's 64-node trees
-suit a GPU, where a verify pass costs the same for any tree size; on the 2-core CPU each verify
-row costs 5-25% of a one-token pass, and 3 nodes (root + 2 drafts) decode fastest (Spec-Bench,
-30 questions, bf16: 1.13x ``ar`` at 3 nodes, 1.07x at 2, 1.04x at 4, 0.64x at 16;
-benchmarks/README.md). A path holding a comma cannot go in the spec string: pass ``table=`` to
-``Aded`` instead.
+``iterations=150``, ``max_nodes=2``, ``c1=32``, ``c2=8``, ``max_len=4``, ``top_paths=24``,
+``seed=0``, ``min_value=0``. The defaults are ADED's (``AdedDrafter``) except ``max_nodes``:
+ADED's 64-node trees suit a GPU, where a verify pass costs the same for any tree size; on the
+2-core CPU each verify row costs 15-35% of a one-token pass, and 2 nodes (root + 1 draft) decode
+fastest (Spec-Bench, 30 questions, bf16, session 8: 1.07x ``ar`` at 2 nodes, 1.02x at 3; before
+the one-token step got cheaper, 3 nodes led; benchmarks/README.md). A path holding a comma
+cannot go in the spec string: pass ``table=`` to ``Aded`` instead.
+
+``aded-conf`` (this project's, not ADED's) adapts the tree to each step: the search's tree is
+cut to the drafts the tri-gram table backs, keeping a node only when the value of its edge
+(grandparent, parent -> node; the stored probability, or the online overlay's reinforced value)
+is at least ``min_value``. A step with no such node verifies its root alone, a plain one-token
+step. Defaults ``max_nodes=3``, ``min_value=0.3``, chosen on training prompts (first drafts
+valued below 0.3 were accepted 5-10% of the time, those above 30-45%; see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -58,9 +65,13 @@ DEFAULT_TARGET_FINGERPRINT = 14150.412935256958
 FINGERPRINT_REL_TOL = 1e-3
 DEFAULT_VOCAB_SIZE = 49152
 
-DEFAULT_MAX_NODES = 3  # tuned on the 2-core CPU (see the module docstring); ADED's is 64
+DEFAULT_MAX_NODES = 2  # tuned on the 2-core CPU (see the module docstring); ADED's is 64
 SEARCH_DEFAULTS = dict(iterations=150, max_nodes=DEFAULT_MAX_NODES, c1=32.0, c2=8.0,
                        max_len=4, top_paths=24, seed=0)
+# Drafts kept after the search: a node only when the tri-gram value of its edge (grandparent,
+# parent -> node, as the search saw it) is at least ``min_value`` (0: every node, ADED's rule).
+PRUNE_DEFAULTS = dict(min_value=0.0)
+CONF_DEFAULTS = dict(max_nodes=3, min_value=0.3)  # aded-conf's, tuned on training prompts
 _INT_KEYS = ("iterations", "max_nodes", "max_len", "top_paths", "seed")
 _TABLE_WORDS = ("auto", "default", "none")
 _LOADED: dict[str, TrigramTable] = {}
@@ -74,9 +85,10 @@ def parse_spec(spec: str | None) -> dict:
             continue
         key, _, value = part.partition("=")
         key = "table" if key == "path" else key
-        if not value or (key not in SEARCH_DEFAULTS and key != "table"):
+        if not value or (key not in SEARCH_DEFAULTS and key not in PRUNE_DEFAULTS
+                         and key != "table"):
             raise ValueError(f"aded spec {spec!r}: expected table= (or path=), "
-                             f"{'=, '.join(SEARCH_DEFAULTS)}=")
+                             f"{'=, '.join([*SEARCH_DEFAULTS, *PRUNE_DEFAULTS])}=")
         try:
             out[key] = (value if key == "table" else
                         int(value) if key in _INT_KEYS else float(value))
@@ -115,6 +127,28 @@ def distinct_sibling_mask(parents: list[int], tokens: list[int]) -> list[bool]:
     return keep
 
 
+def prune_by_value(nodes: list[tuple[int, int]], root: int, before_root: int | None,
+                   value, min_value: float) -> list[tuple[int, int]]:
+    """The nodes (token, parent id; the root is id 0, parents before children) whose edge
+    value ``value(grandparent token, parent token, token)`` is at least ``min_value`` and whose
+    parent is kept, renumbered. ``before_root`` is the token before the root (None: the first
+    level is kept whatever its value, as there is no tri-gram to score it)."""
+    token_of = {0: root}
+    parent_token_of = {0: before_root}
+    new_id = {0: 0}
+    kept: list[tuple[int, int]] = []
+    for i, (token, parent) in enumerate(nodes, start=1):
+        if parent not in new_id:
+            continue
+        grand = parent_token_of[parent]
+        if grand is not None and value(grand, token_of[parent], token) < min_value:
+            continue
+        new_id[i] = len(kept) + 1
+        token_of[i], parent_token_of[i] = token, token_of[parent]
+        kept.append((token, new_id[parent]))
+    return kept
+
+
 def prune_tree(parents: list[int], tokens: list[int], max_depth: int
                ) -> list[tuple[int, int]]:
     """The non-root nodes of a tree as (token, new parent id), siblings made distinct and
@@ -137,16 +171,21 @@ class Aded(Strategy):
     """ADED tri-gram draft trees; see the module docstring for the options."""
 
     name = "aded"
+    search_defaults = {**SEARCH_DEFAULTS, **PRUNE_DEFAULTS}
 
     def __init__(self, spec: str | None = None, table: TrigramTable | str | Path | None = None,
                  **search):
         opts = parse_spec(spec)
         for key in search:
-            if key not in SEARCH_DEFAULTS:
+            if key not in SEARCH_DEFAULTS and key not in PRUNE_DEFAULTS:
                 raise ValueError(f"aded: unknown option {key!r}; expected table, "
-                                 f"{', '.join(SEARCH_DEFAULTS)}")
-        self.search = {**SEARCH_DEFAULTS, **{k: v for k, v in opts.items() if k != "table"},
+                                 f"{', '.join([*SEARCH_DEFAULTS, *PRUNE_DEFAULTS])}")
+        self.search = {**self.search_defaults,
+                       **{k: v for k, v in opts.items() if k != "table"},
                        **{k: v for k, v in search.items() if v is not None}}
+        self.min_value = float(self.search.pop("min_value"))
+        if not self.min_value >= 0.0:
+            raise ValueError(f"aded min_value must be >= 0, got {self.min_value}")
         s = self.search
         if not 2 <= s["max_nodes"] <= ops.MAX_TREE_NODES:
             raise ValueError(f"aded max_nodes must be in [2, {ops.MAX_TREE_NODES}], got "
@@ -207,7 +246,13 @@ class Aded(Strategy):
                 nodes.append([])
                 continue
             parents, tokens = drafter.propose()
-            nodes.append(prune_tree(parents.tolist(), tokens.tolist(), cap))
+            kept = prune_tree(parents.tolist(), tokens.tolist(), cap)
+            if self.min_value > 0.0:
+                context = drafter.context
+                kept = prune_by_value(kept, context[-1],
+                                      context[-2] if len(context) >= 2 else None,
+                                      drafter.online.value, self.min_value)
+            nodes.append(kept)
         return csr_tree(act, state.roots.numel(), state.roots, nodes)
 
     def verify(self, state: StepState, tree: DraftTree, logits: torch.Tensor) -> Acceptance:
@@ -215,6 +260,15 @@ class Aded(Strategy):
             return super().verify(state, tree, logits)
         return verify_sampling_trees(state, tree, logits, ops.VERIFY_TOPK, None,
                                      self.max_tree_nodes - 1)
+
+
+@register
+class AdedConf(Aded):
+    """ADED's trees cut to the drafts the tri-gram table backs (``min_value``); see the module
+    docstring. Takes every ``aded`` option."""
+
+    name = "aded-conf"
+    search_defaults = {**SEARCH_DEFAULTS, **CONF_DEFAULTS}
 
 
 def tree_has_distinct_siblings(parents: torch.Tensor, tokens: torch.Tensor) -> bool:
