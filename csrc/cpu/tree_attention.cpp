@@ -422,13 +422,16 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   float* o = s.o.data();
   SoftmaxState* st = s.st.data();
   const uint64_t* all_visible = s.all_visible.data();
+  // (qscale in a local: a store through qs could alias p, which kept these loops scalar)
+  const float qscale = p.qscale;
   for (int r = 0; r < rows; ++r) {
     const int64_t t = r / group;
     const T* src = p.q + ((start + t) * sh.heads + task.g * group + r % group) * D;
-    for (int d = 0; d < D; ++d) qs[r * D + d] = to_float(src[d]) * p.qscale;
-    for (int d = 0; d < D; ++d) o[r * D + d] = 0.0f;
+    float* dst = qs + r * D;
+    for (int d = 0; d < D; ++d) dst[d] = to_float(src[d]) * qscale;
     st[r] = softmax_state_empty();
   }
+  std::memset(o, 0, sizeof(float) * rows * D);
 
   constexpr int kBlock = kBlockFor<D>;
   const int64_t row_stride = sh.hkv * D;
@@ -539,11 +542,23 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       if (tb.last <= tb.first) continue;  // no key of this token in the block
       tb.needs_mask = tb.first > 0 || tb.last < kBlock;
       tb.cols = scored_cols(tb.last, kBlock);
-      for (int c = tree_lane; c < tb.last; ++c) {
-        const int node = anc[t * kMaxTreeNodes + bs + c - prefix];
-        const float* krow = ktree + node * D;
+      const int8_t* path = anc + t * kMaxTreeNodes;  // lane c holds node path[bs + c - prefix]
+      auto lane_node = [&](int c) { return path[bs + c - prefix]; };
+      for (int c = tree_lane; c < tb.last;) {
+        if (c % kLanes == 0 && c + kLanes <= tb.last) {  // 8 lanes: one register transpose
+          const float* krows[kLanes];
+          for (int i = 0; i < kLanes; ++i) {
+            krows[i] = ktree + lane_node(c + i) * D;
+            vrows[c + i] = vtree + lane_node(c + i) * D;
+          }
+          transpose_rows8<float, D>(krows, kt + c, kBlock);
+          c += kLanes;
+          continue;
+        }
+        const float* krow = ktree + lane_node(c) * D;
         for (int d = 0; d < D; ++d) kt[d * kBlock + c] = krow[d];
-        vrows[c] = vtree + node * D;
+        vrows[c] = vtree + lane_node(c) * D;
+        ++c;
       }
       block_rows<kAvx2, D>(t * group, (t + 1) * group, qs, kt, tb, vrows, all_visible, st, o);
     }
