@@ -35,7 +35,7 @@ cut to the drafts the tri-gram table backs, keeping a node only when the value o
 (grandparent, parent -> node; the stored probability, or the online overlay's reinforced value)
 is at least ``min_value``. A step with no such node verifies its root alone, a plain one-token
 step. Defaults ``max_nodes=3``, ``min_value=0.3``, chosen on training prompts (first drafts
-valued below 0.3 were accepted 5-10% of the time, those above 30-45%; see benchmarks/README.md).
+valued below 0.3 were accepted 0-19% of the time, those above 36-99%; benchmarks/README.md).
 """
 
 from __future__ import annotations
