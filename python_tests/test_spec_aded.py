@@ -304,23 +304,30 @@ def test_bench_runs_aded_next_to_ar():
 # the default model
 
 
-@pytest.mark.model
-@pytest.mark.slow
-def test_default_model_uses_the_shipped_table_and_matches_ar():
+def run_on_default_model(strategy, max_new_tokens: int = 64):
+    """(``strategy``'s stats, whether its tokens equal ``ar``'s) on one chat prompt of the
+    default model in fp32."""
     from adaeagle_ext.api import load
 
-    if not DEFAULT_TABLE_PATH.is_file():
-        pytest.skip("no shipped table")
     pipe = load(None, dtype="float32", threads=2, progress=False)
     assert is_default_target(pipe.model)
     prompt = pipe.encode([{"role": "user", "content": "List the days of the week."}])
     eos = pipe._eos_ids()
-    (want,), _ = generate_ids(pipe.model, [prompt], max_new_tokens=64, eos_ids=eos)
+    (want,), _ = generate_ids(pipe.model, [prompt], max_new_tokens=max_new_tokens, eos_ids=eos)
+    (got,), stats = generate_ids(pipe.model, [prompt], method=strategy,
+                                 max_new_tokens=max_new_tokens, eos_ids=eos)
+    return stats, got.token_ids == want.token_ids
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_default_model_uses_the_shipped_table_and_matches_ar():
+    if not DEFAULT_TABLE_PATH.is_file():
+        pytest.skip("no shipped table")
     strategy = Aded()
-    (got,), stats = generate_ids(pipe.model, [prompt], method=strategy, max_new_tokens=64,
-                                 eos_ids=eos)
+    stats, same = run_on_default_model(strategy)
     assert strategy.table is not None and strategy.table.vocab_size == 49152
-    assert got.token_ids == want.token_ids
+    assert same
     assert stats.mean_accepted > 1.0
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from eagle_fixtures import PROMPTS, check_same, one_thread, tiny_target  # noqa: F401
 from exact_sampling import PARAMS, VOCAB, assert_matches
-from test_spec_aded import own_output_table, random_table
+from test_spec_aded import own_output_table, random_table, run_on_default_model
 
 from adaeagle_ext import ops
 from adaeagle_ext.drafters.trigram import count_trigrams
@@ -127,14 +127,6 @@ def test_options():
 @pytest.mark.model
 @pytest.mark.slow
 def test_default_model_matches_ar():
-    from adaeagle_ext.api import load
-
-    pipe = load(None, dtype="float32", threads=2, progress=False)
-    prompt = pipe.encode([{"role": "user", "content": "List the days of the week."}])
-    eos = pipe._eos_ids()
-    (want,), _ = generate_ids(pipe.model, [prompt], max_new_tokens=64, eos_ids=eos)
-    strategy = AdedConf()
-    (got,), stats = generate_ids(pipe.model, [prompt], method=strategy, max_new_tokens=64,
-                                 eos_ids=eos)
-    assert got.token_ids == want.token_ids
+    stats, same = run_on_default_model(AdedConf())
+    assert same
     assert 0 in stats.draft_tokens and stats.mean_accepted > 1.0
