@@ -5,6 +5,7 @@ the shipped table), determinism, tree post-processing, and the harness."""
 import numpy as np
 import pytest
 import torch
+from aded_fixtures import own_output_table, random_table, run_on_default_model
 from eagle_fixtures import (  # noqa: F401
     PROMPTS,
     check_same,
@@ -15,7 +16,7 @@ from eagle_fixtures import (  # noqa: F401
 
 from adaeagle_ext import ops
 from adaeagle_ext.drafters.aded import DEFAULT_TABLE_PATH
-from adaeagle_ext.drafters.trigram import HEADER, TrigramFileError, count_trigrams
+from adaeagle_ext.drafters.trigram import HEADER, TrigramFileError
 from adaeagle_ext.spec.aded import (
     Aded,
     distinct_sibling_mask,
@@ -27,20 +28,6 @@ from adaeagle_ext.spec.aded import (
 from adaeagle_ext.spec.generate import generate_ids
 from adaeagle_ext.spec.sampling import SamplingParams
 from adaeagle_ext.spec.strategy import StepState, make_strategy
-
-
-def random_table(seed: int, vocab: int = 8, docs: int = 40, length: int = 30):
-    rng = np.random.default_rng(seed)
-    return count_trigrams([rng.integers(0, vocab, size=length) for _ in range(docs)], vocab)
-
-
-def own_output_table(model, seed: int, vocab: int = 8):
-    """A table counted over the model's own greedy continuations of random prompts (so that
-    long drafts get accepted), none of them a test prompt."""
-    rng = np.random.default_rng(seed)
-    prompts = [rng.integers(0, vocab, size=4).tolist() for _ in range(12)]
-    outs, _ = generate_ids(model, prompts, max_new_tokens=30)
-    return count_trigrams([p + o.token_ids for p, o in zip(prompts, outs, strict=True)], vocab)
 
 
 def strategies(model, seed: int):
@@ -302,21 +289,6 @@ def test_bench_runs_aded_next_to_ar():
 
 # ---------------------------------------------------------------------------------------------
 # the default model
-
-
-def run_on_default_model(strategy, max_new_tokens: int = 64):
-    """(``strategy``'s stats, whether its tokens equal ``ar``'s) on one chat prompt of the
-    default model in fp32."""
-    from adaeagle_ext.api import load
-
-    pipe = load(None, dtype="float32", threads=2, progress=False)
-    assert is_default_target(pipe.model)
-    prompt = pipe.encode([{"role": "user", "content": "List the days of the week."}])
-    eos = pipe._eos_ids()
-    (want,), _ = generate_ids(pipe.model, [prompt], max_new_tokens=max_new_tokens, eos_ids=eos)
-    (got,), stats = generate_ids(pipe.model, [prompt], method=strategy,
-                                 max_new_tokens=max_new_tokens, eos_ids=eos)
-    return stats, got.token_ids == want.token_ids
 
 
 @pytest.mark.model

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from aded_fixtures import own_output_table, random_table, run_on_default_model
 from eagle_fixtures import PROMPTS, check_same, one_thread, tiny_target  # noqa: F401
 from exact_sampling import PARAMS, VOCAB, assert_matches
-from test_spec_aded import own_output_table, random_table, run_on_default_model
 
 from adaeagle_ext import ops
 from adaeagle_ext.drafters.trigram import count_trigrams

@@ -40,6 +40,7 @@ valued below 0.3 were accepted 0-19% of the time, those above 36-99%; benchmarks
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,7 @@ SEARCH_DEFAULTS = dict(iterations=150, max_nodes=DEFAULT_MAX_NODES, c1=32.0, c2=
 # parent -> node, as the search saw it) is at least ``min_value`` (0: every node, ADED's rule).
 PRUNE_DEFAULTS = dict(min_value=0.0)
 CONF_DEFAULTS = dict(max_nodes=3, min_value=0.3)  # aded-conf's, tuned on training prompts
+_OPTION_KEYS = (*SEARCH_DEFAULTS, *PRUNE_DEFAULTS)
 _INT_KEYS = ("iterations", "max_nodes", "max_len", "top_paths", "seed")
 _TABLE_WORDS = ("auto", "default", "none")
 _LOADED: dict[str, TrigramTable] = {}
@@ -85,10 +87,9 @@ def parse_spec(spec: str | None) -> dict:
             continue
         key, _, value = part.partition("=")
         key = "table" if key == "path" else key
-        if not value or (key not in SEARCH_DEFAULTS and key not in PRUNE_DEFAULTS
-                         and key != "table"):
+        if not value or (key not in _OPTION_KEYS and key != "table"):
             raise ValueError(f"aded spec {spec!r}: expected table= (or path=), "
-                             f"{'=, '.join([*SEARCH_DEFAULTS, *PRUNE_DEFAULTS])}=")
+                             f"{'=, '.join(_OPTION_KEYS)}=")
         try:
             out[key] = (value if key == "table" else
                         int(value) if key in _INT_KEYS else float(value))
@@ -128,7 +129,8 @@ def distinct_sibling_mask(parents: list[int], tokens: list[int]) -> list[bool]:
 
 
 def prune_by_value(nodes: list[tuple[int, int]], root: int, before_root: int | None,
-                   value, min_value: float) -> list[tuple[int, int]]:
+                   value: Callable[[int, int, int], float], min_value: float
+                   ) -> list[tuple[int, int]]:
     """The nodes (token, parent id; the root is id 0, parents before children) whose edge
     value ``value(grandparent token, parent token, token)`` is at least ``min_value`` and whose
     parent is kept, renumbered. ``before_root`` is the token before the root (None: the first
@@ -177,9 +179,9 @@ class Aded(Strategy):
                  **search):
         opts = parse_spec(spec)
         for key in search:
-            if key not in SEARCH_DEFAULTS and key not in PRUNE_DEFAULTS:
+            if key not in _OPTION_KEYS:
                 raise ValueError(f"aded: unknown option {key!r}; expected table, "
-                                 f"{', '.join([*SEARCH_DEFAULTS, *PRUNE_DEFAULTS])}")
+                                 f"{', '.join(_OPTION_KEYS)}")
         self.search = {**self.search_defaults,
                        **{k: v for k, v in opts.items() if k != "table"},
                        **{k: v for k, v in search.items() if v is not None}}
