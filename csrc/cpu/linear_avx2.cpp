@@ -13,6 +13,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstring>
 #include <vector>
 
 #include "adaeagle/gguf_blocks.h"
@@ -97,12 +98,12 @@ struct Chunk<kGgmlQ8_0> {
 };
 
 // Nibbles of group j of a 16-byte Q4 payload as int32: groups 0, 1 are the low nibbles of
-// bytes 0-7, 8-15; groups 2, 3 their high nibbles.
+// bytes 0-7, 8-15; groups 2, 3 their high nibbles (a zero-extended byte shifted right by 4 is
+// its high nibble, no mask needed).
 ADAEAGLE_AVX2_INLINE __m256i q4_group(const uint8_t* qs, int j) {
-  __m256i v = _mm256_cvtepu8_epi32(
+  const __m256i v = _mm256_cvtepu8_epi32(
       _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + 8 * (j & 1))));
-  if (j >= 2) v = _mm256_srli_epi32(v, 4);
-  return _mm256_and_si256(v, _mm256_set1_epi32(0x0f));
+  return j >= 2 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0x0f));
 }
 
 template <>
@@ -126,8 +127,12 @@ struct Chunk<kGgmlQ4_1> {
   __m256 d, m;
   ADAEAGLE_AVX2_INLINE void load(const uint8_t* row, int64_t c) {
     const uint8_t* blk = row + c * 20;
-    d = load_f16_scalar(blk);
-    m = load_f16_scalar(blk + 2);
+    // d and m are adjacent halves: one 32-bit broadcast, one conversion, two lane shuffles.
+    uint32_t dm_bits;
+    std::memcpy(&dm_bits, blk, sizeof(dm_bits));
+    const __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32(static_cast<int>(dm_bits)));
+    d = _mm256_permute_ps(dm, _MM_SHUFFLE(0, 0, 0, 0));
+    m = _mm256_permute_ps(dm, _MM_SHUFFLE(1, 1, 1, 1));
     q = blk + 4;
   }
   ADAEAGLE_AVX2_INLINE __m256 group(int j) const {
