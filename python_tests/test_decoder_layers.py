@@ -126,6 +126,22 @@ def test_modules_run_where_the_op_does_not_apply():
     assert dense._decoder_layers_args(torch.empty(1, 48), dense.new_cache(1, 1).buf) is None
 
 
+def test_kept_arguments_follow_changes_to_the_layers():
+    model = head64_model(torch.float32, (ops.GGML_Q8_0,))
+    buf = model.new_cache(1, 1).buf
+    x = torch.empty(1, 128)
+    first = model._decoder_layers_args(x, buf)
+    assert model._decoder_layers_args(x, buf) is first  # kept while nothing changed
+    assert set(first[3]) == {0}
+    set_act_quant(model, 8)
+    assert set(model._decoder_layers_args(x, buf)[3]) == {8}
+    norm = model.model.layers[0].input_layernorm
+    norm.weight = torch.nn.Parameter(norm.weight.detach().clone())
+    assert model._decoder_layers_args(x, buf)[0][0] is norm.weight
+    model.model.layers.append(model.model.layers[0])  # layer count changed
+    assert len(model._decoder_layers_args(x, buf)[0]) == 2 * len(model.model.layers)
+
+
 def random_op_args(dtype, device, seed, act_quant=0, bias=False):
     """Random inputs for 2 layers over a batch of two trees (5 and 3 nodes) after prefixes 7
     and 2, with random cache contents."""

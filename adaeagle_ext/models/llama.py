@@ -11,7 +11,12 @@ from adaeagle_ext._build import extension_available
 from adaeagle_ext.models.attention import KERNEL_HEAD_DIMS, tree_attention
 from adaeagle_ext.models.config import LlamaConfig
 from adaeagle_ext.models.kv_cache import KVCache
-from adaeagle_ext.models.packed_layers import PackedEmbedding, PackedLinear
+from adaeagle_ext.models.packed_layers import (
+    PackedEmbedding,
+    PackedLinear,
+    WatchedModule,
+    packing_epoch,
+)
 from adaeagle_ext.packed import PackedWeight
 
 _FUSED_NORM = extension_available()
@@ -24,7 +29,7 @@ _FUSED_ROPE = extension_available()
 _FUSED_LAYERS = extension_available()
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(WatchedModule):
     """``x / rms(x) * weight``, normalised in float32 and cast back (as HF does).
 
     Runs the fused, batch-invariant ``ops.rms_norm`` when the extension is built, x and weight
@@ -49,11 +54,55 @@ class RMSNorm(nn.Module):
 rotate_half = ref.rotate_half  # cat(-x[..., D/2:], x[..., :D/2])
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
-    """RoPE tables for int64 positions [N]: cos, sin [N, 1, head_dim] in ``dtype``."""
+def _rope_compute(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
     freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+
+
+_ROPE_TABLE_MIN = 4096  # positions in a first table
+_ROPE_TABLE_MAX = 1 << 16  # positions past this are computed per call
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
+    """RoPE tables for int64 positions [N]: cos, sin [N, 1, head_dim] in ``dtype``.
+
+    Rows are gathered from a table over positions [0, P) kept on ``inv_freq`` per dtype and
+    device (P doubles when a position passes it): computing the ~10 small ops on every call cost
+    about 50 us a step. Each table row is computed elementwise exactly as a call for that one
+    position would be (a test checks the bits), so the table changes no result."""
+    if (positions.dtype != torch.int64 or positions.dim() != 1 or inv_freq.requires_grad
+            or positions.numel() == 0):
+        return _rope_compute(positions, inv_freq, dtype)
+    tables = inv_freq.__dict__.setdefault("_rope_tables", {})
+    key = (dtype, positions.device)
+    entry = tables.get(key)
+    if entry is None or entry[0] != _version(inv_freq):
+        entry = _rope_table(inv_freq, dtype, positions.device, _ROPE_TABLE_MIN)
+        tables[key] = entry
+    try:
+        return entry[1].index_select(0, positions), entry[2].index_select(0, positions)
+    except IndexError:  # past the table, or negative
+        top = int(positions.max())
+        if int(positions.min()) < 0 or top >= _ROPE_TABLE_MAX:
+            return _rope_compute(positions, inv_freq, dtype)
+        size = max(2 * entry[1].shape[0], 1 << top.bit_length())
+        entry = _rope_table(inv_freq, dtype, positions.device, min(size, _ROPE_TABLE_MAX))
+        tables[key] = entry
+        return entry[1].index_select(0, positions), entry[2].index_select(0, positions)
+
+
+def _rope_table(inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device, size: int):
+    cos, sin = _rope_compute(torch.arange(size, device=device), inv_freq.to(device), dtype)
+    return _version(inv_freq), cos, sin
+
+
+def _version(t: torch.Tensor) -> int:
+    """t's in-place version counter (-1 for inference tensors, which have none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def fused_rope_applies(qkv, cos, sin, buf, req, rows) -> bool:
@@ -66,7 +115,7 @@ def fused_rope_applies(qkv, cos, sin, buf, req, rows) -> bool:
             and not (torch.is_grad_enabled() and qkv.requires_grad))
 
 
-class Attention(nn.Module):
+class Attention(WatchedModule):
     def __init__(self, config: LlamaConfig, layer: int):
         super().__init__()
         c = config
@@ -123,7 +172,7 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(n, -1))
 
 
-class MLP(nn.Module):
+class MLP(WatchedModule):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
@@ -160,7 +209,7 @@ def _stack_packed(layers) -> PackedWeight | None:
     return fused
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(WatchedModule):
     def __init__(self, config: LlamaConfig, layer: int):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -244,6 +293,17 @@ class LlamaForCausalLM(nn.Module):
                 and (dev.type == "cpu" or (dev.type == "cuda" and not ops._flash_attn_applies(
                     None, x, ops.ATTN_FULL)))):
             return None
+        # Walking 30 layers costs about 0.15 ms: the result is kept until an attribute of a
+        # layer module changes (packing_epoch) or the dtype, device or layer count does.
+        key = (dt, dev, packing_epoch(), len(self.model.layers), self.model.norm.weight.dtype)
+        cached = self.__dict__.get("_fused_args")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        args = self._collect_decoder_layers_args(dt, dev)
+        self.__dict__["_fused_args"] = (key, args)
+        return args
+
+    def _collect_decoder_layers_args(self, dt: torch.dtype, dev: torch.device):
         norms, packed, biases = [], [], []
         for in_norm, post_norm, attn, mlp, o, down in self._layer_parts():
             if (attn.qkv_packed is None or mlp.gate_up_packed is None
@@ -260,16 +320,18 @@ class LlamaForCausalLM(nn.Module):
 
     def _layer_parts(self) -> list[tuple]:
         """Per layer (input norm, post-attention norm, attention, MLP, o_proj, down_proj),
-        collected once: walking the modules costs more than a third of a millisecond a step.
-        Attributes are read from them on every call; swapping these submodules for others
-        after the first forward is not seen."""
-        parts = self.__dict__.get("_parts")
-        if parts is None or len(parts) != len(self.model.layers):
+        collected again only when a layer module's attribute was set (packing_epoch) or the
+        layer count changed: walking the modules costs more than a third of a millisecond a
+        step. (Replacing an element of ``model.layers`` in place is not seen.)"""
+        key = (packing_epoch(), len(self.model.layers))
+        cached = self.__dict__.get("_parts")
+        if cached is None or cached[0] != key:
             parts = [(layer.input_layernorm, layer.post_attention_layernorm, layer.self_attn,
                       layer.mlp, layer.self_attn.o_proj, layer.mlp.down_proj)
                      for layer in self.model.layers]
-            self.__dict__["_parts"] = parts
-        return parts
+            cached = (key, parts)
+            self.__dict__["_parts"] = cached
+        return cached[1]
 
     def new_cache(self, batch: int, max_seq_len: int) -> KVCache:
         """An empty static cache for ``batch`` requests of up to ``max_seq_len`` tokens."""

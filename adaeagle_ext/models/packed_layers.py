@@ -18,8 +18,27 @@ from torch import nn
 from adaeagle_ext import ops
 from adaeagle_ext.packed import PackedWeight
 
+_epoch = 0
 
-class PackedLinear(nn.Module):
+
+def packing_epoch() -> int:
+    """A counter that grows whenever an attribute of a ``WatchedModule`` is set: caches built
+    from such modules' attributes (``LlamaForCausalLM``'s fused-layer arguments) compare it
+    to know they are still current."""
+    return _epoch
+
+
+class WatchedModule(nn.Module):
+    """An nn.Module whose attribute assignments (``layer.weight_packed = ...``,
+    ``set_act_quant``, a replaced parameter) advance ``packing_epoch()``."""
+
+    def __setattr__(self, name: str, value) -> None:
+        global _epoch
+        _epoch += 1
+        super().__setattr__(name, value)
+
+
+class PackedLinear(WatchedModule):
     """``y = x @ W.T + b`` with W packed; x [..., K] fp32/bf16 -> y [..., N] in x's dtype."""
 
     def __init__(self, weight: PackedWeight, bias: torch.Tensor | None = None):
@@ -40,7 +59,7 @@ class PackedLinear(nn.Module):
                 f"ggml_type={self.weight_packed.ggml_type}, bias={self.bias is not None}")
 
 
-class PackedEmbedding(nn.Module):
+class PackedEmbedding(WatchedModule):
     """Embedding lookup that dequantises only the looked-up rows: ids [...] -> [..., H]."""
 
     def __init__(self, weight: PackedWeight, dtype: torch.dtype):
