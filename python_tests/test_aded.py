@@ -160,6 +160,46 @@ def test_build_from_files_with_a_callable_tokenizer(tmp_path):
         build_trigram_table(tmp_path / "missing.jsonl", encode)
 
 
+def test_build_counts_extra_sequences_with_their_weight(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"instruction": "abd", "output": ""}))
+
+    def encode(text):
+        return [ord(c) - ord("a") for c in text]
+
+    # (a, b) -> d once from the file, -> c three times from the extra sequence
+    table = build_trigram_table(corpus, encode, extra=[[0, 1, 2]], extra_weight=3)
+    assert table_rows(table) == {(0, 1): [(2, 0.75), (3, 0.25)]}
+    assert table.num_tokens == 3 + 3 * 3
+    unweighted = build_trigram_table(corpus, encode, extra=[[0, 1, 2]], extra_weight=0)
+    assert table_rows(unweighted) == {(0, 1): [(3, 1.0)]}
+    with pytest.raises(ValueError, match="extra_weight"):
+        build_trigram_table(corpus, encode, extra=[[0, 1, 2]], extra_weight=-1)
+
+
+def test_build_trigram_command_counts_saved_own_answers(tmp_path, monkeypatch):
+    from adaeagle_ext.train import build_trigram as command
+    from adaeagle_ext.train.features import TokenisedChat, save_chats
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"instruction": "abd", "output": ""}))
+    answers = tmp_path / "answers.json"
+    save_chats([TokenisedChat([3, 0, 1], [2, 2])], answers)  # prompt "... a b", answer "c c"
+    monkeypatch.setattr(command, "load_tokenizer",
+                        lambda spec: lambda text: [ord(c) - ord("a") for c in text])
+    out = tmp_path / "t.bin"
+    command.main(["--tokenizer", "unused", "--out", str(out), "--own-answers", "1",
+                  "--own-weight", "2", "--answers", str(answers), str(corpus)])
+    # the answer counted with the prompt's last two tokens, twice: (a, b) -> c, (b, c) -> c
+    assert_rows_close(table_rows(TrigramTable.load(out)),
+                      {(0, 1): [(2, 2 / 3), (3, 1 / 3)], (1, 2): [(2, 1.0)]})
+    card = out.with_suffix(".md").read_text()
+    assert "own greedy answers" in card and "each counted 2 times" in card
+    with pytest.raises(SystemExit):
+        command.main(["--tokenizer", "unused", "--out", str(out), "--own-weight", "-1",
+                      str(corpus)])
+
+
 # ---------------------------------------------------------------------------------------------
 # the file format
 

@@ -336,7 +336,9 @@ def tokenize_files(paths: Iterable[str | Path], tokenizer, batch: int = 512,
 
 def build_trigram_table(paths: Sequence[str | Path] | str | Path, tokenizer,
                         out_path: str | Path | None = None, *, vocab_size: int | None = None,
-                        top_k: int = DEFAULT_TOP_K, min_count: int = 1) -> TrigramTable:
+                        top_k: int = DEFAULT_TOP_K, min_count: int = 1,
+                        extra: Sequence[Sequence[int]] = (), extra_weight: int = 1
+                        ) -> TrigramTable:
     """Tokenizes corpus files (see ``read_texts``) and counts their tri-grams into a table.
 
     Args:
@@ -345,13 +347,18 @@ def build_trigram_table(paths: Sequence[str | Path] | str | Path, tokenizer,
         out_path: where to save the table file (optional).
         vocab_size: defaults to ``len(tokenizer)`` for HF tokenizers, else max id + 1.
         top_k, min_count: as in ``count_trigrams``.
+        extra: token-id sequences counted besides the files (e.g. the target's own answers),
+            each ``extra_weight`` times.
     """
+    if extra_weight < 0:
+        raise ValueError(f"extra_weight must be >= 0, got {extra_weight}")
     if isinstance(paths, (str, Path)):
         paths = [paths]
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"corpus file not found: {p}")
     sequences = list(tokenize_files(paths, tokenizer))
+    sequences += [np.asarray(seq, np.int64) for seq in extra] * extra_weight
     if vocab_size is None:
         if hasattr(tokenizer, "batch_decode"):
             vocab_size = len(tokenizer)

@@ -1,10 +1,15 @@
 """Builds an ADED tri-gram table from corpus files with the target's tokenizer, and its card.
 
     python -m adaeagle_ext.train.build_trigram --tokenizer MODEL.gguf|TOKENIZER_DIR \\
-        [--data-root DIR] [--out trigram.bin] [--card trigram.md] [FILE ...]
+        [--data-root DIR] [--out trigram.bin] [--card trigram.md] \\
+        [--own-answers N [--own-weight W] [--answers FILE]] [FILE ...]
 
 With no FILE, the permissively licensed training files under ``--data-root`` are used
-(``PERMISSIVE_SOURCES``): that is how the shipped default table is made.
+(``PERMISSIVE_SOURCES``). ``--own-answers N`` also counts the default model's own greedy
+answers (bf16) to N of those files' prompts (evaluation prompts excluded), each ``--own-weight``
+times: the drafts then follow how the target itself phrases things. The answers are saved to
+``--answers`` (default under ``$ADAEAGLE_HOME/trigram/``) every 64 prompts, and a rerun resumes
+from them. The shipped default table is made this way (its card gives the command).
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ import time
 from pathlib import Path
 
 from adaeagle_ext.drafters.trigram import DEFAULT_TOP_K, build_trigram_table
+from adaeagle_ext.models.fetch import adaeagle_home
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "train"
 DEFAULT_OUT = (Path(__file__).resolve().parents[1] / "assets" / "smollm2-135m-instruct"
                / "trigram.bin")
+
+# Times each of the target's own answers is counted against the corpus (--own-weight).
+DEFAULT_OWN_WEIGHT = 32
 
 # (path under the data root, licence) of the files the shipped table is built from. Alpaca
 # (CC BY-NC), alpaca-gpt4 and the Alpaca seed tasks (CC BY-NC) and NQ (CC BY-SA) are left out.
@@ -52,8 +61,33 @@ def load_tokenizer(spec: str):
     return AutoTokenizer.from_pretrained(spec)
 
 
+def own_answers(count: int, seed: int, max_new_tokens: int, data_root: Path,
+                answers: Path) -> list:
+    """The default model's greedy answers (bf16) to ``count`` training prompts of
+    ``PERMISSIVE_SOURCES`` drawn with ``seed`` (evaluation prompts dropped), as TokenisedChat;
+    read from ``answers`` when it holds them, else generated (resumable) and saved there."""
+    from adaeagle_ext.api import load
+    from adaeagle_ext.train.conversations import evaluation_prompts, training_mix
+    from adaeagle_ext.train.features import distill_resumable, load_chats, save_chats, tokenise
+
+    if answers.is_file():
+        chats = load_chats(answers)
+        print(f"{len(chats)} answers from {answers}")
+        return chats
+    pipe = load(None, dtype="bfloat16")
+    eos = pipe._eos_ids()
+    paths = [data_root / rel for rel, _ in PERMISSIVE_SOURCES]
+    convs = training_mix(paths, count, seed=seed, exclude=evaluation_prompts(data_root))
+    chats = tokenise(convs, pipe.tokenizer, eos[0], 640)
+    answers.parent.mkdir(parents=True, exist_ok=True)
+    chats = distill_resumable(pipe.model, chats, eos, max_new_tokens,
+                              answers.with_suffix(".partial.json"))
+    save_chats(chats, answers)
+    return chats
+
+
 def write_card(card: Path, table, files: list[tuple[Path, str]], out: Path, seconds: float,
-               command: str, tokenizer_spec: str) -> None:
+               command: str, tokenizer_spec: str, own_note: str | None = None) -> None:
     lines = [
         "# ADED tri-gram table: SmolLM2-135M-Instruct tokenizer",
         "",
@@ -67,7 +101,9 @@ def write_card(card: Path, table, files: list[tuple[Path, str]], out: Path, seco
         "span two texts)",
         f"- Keys (bigrams): {table.num_keys:,}; entries: {table.num_entries:,}",
         f"- File: `{out.name}`, {out.stat().st_size / 2**20:.1f} MiB",
-        f"- Build time: {seconds:.1f} s on this machine (tokenizing + counting + writing)",
+        *([f"- Also counted: {own_note}"] if own_note else []),
+        f"- Build time: {seconds:.1f} s on this machine (tokenizing + counting + writing"
+        + (", answering" if own_note else "") + ")",
         f"- Command: `{command}`",
         "",
         "## Sources and licences",
@@ -93,22 +129,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--card", default=None, help="card path (default: OUT with .md)")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K)
     parser.add_argument("--min-count", type=int, default=1)
+    parser.add_argument("--own-answers", type=int, default=0,
+                        help="also count the default model's answers to this many prompts")
+    parser.add_argument("--own-weight", type=int, default=DEFAULT_OWN_WEIGHT,
+                        help="times each own answer is counted")
+    parser.add_argument("--own-max-new-tokens", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=11, help="which training prompts to answer")
+    parser.add_argument("--answers", default=None,
+                        help="answers file (default: $ADAEAGLE_HOME/trigram/answers_N_sSEED.json)")
     args = parser.parse_args(argv)
 
     if args.files:
         files = [(Path(f), "as given") for f in args.files]
     else:
         files = [(Path(args.data_root) / rel, licence) for rel, licence in PERMISSIVE_SOURCES]
+    if args.own_answers < 0 or args.own_weight < 0:
+        parser.error("--own-answers and --own-weight must be >= 0")
     start = time.perf_counter()
+    own: list[list[int]] = []
+    own_note = None
+    if args.own_answers:
+        answers = Path(args.answers) if args.answers else (
+            adaeagle_home() / "trigram" / f"answers_{args.own_answers}_s{args.seed}.json")
+        chats = own_answers(args.own_answers, args.seed, args.own_max_new_tokens,
+                            Path(args.data_root), answers)
+        # Each answer with the last two prompt tokens, so its first tri-grams have their context.
+        own = [c.prompt[-2:] + c.response for c in chats]
+        own_note = (f"the default model's own greedy answers (bf16, at most "
+                    f"{args.own_max_new_tokens} new tokens) to {len(chats)} prompts of these "
+                    f"files (seed {args.seed}), {sum(len(c.response) for c in chats):,} tokens, "
+                    f"each counted {args.own_weight} times; prompts saved in `{answers.name}`")
     tokenizer = load_tokenizer(args.tokenizer)
     out = Path(args.out)
     table = build_trigram_table([p for p, _ in files], tokenizer, out, top_k=args.top_k,
-                                min_count=args.min_count)
+                                min_count=args.min_count, extra=own,
+                                extra_weight=args.own_weight)
     seconds = time.perf_counter() - start
     command = "python -m adaeagle_ext.train.build_trigram " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     card = Path(args.card) if args.card else out.with_suffix(".md")
-    write_card(card, table, files, out, seconds, command, args.tokenizer)
+    write_card(card, table, files, out, seconds, command, args.tokenizer, own_note)
     print(f"{out}: {table.num_tokens:,} tokens, {table.num_keys:,} keys, "
           f"{table.num_entries:,} entries, {out.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s")
 
