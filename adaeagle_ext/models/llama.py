@@ -81,7 +81,7 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.d
         entry = _rope_table(inv_freq, dtype, positions.device, _ROPE_TABLE_MIN)
         tables[key] = entry
     try:
-        return entry[1].index_select(0, positions), entry[2].index_select(0, positions)
+        return _rope_rows(entry, positions)
     except IndexError:  # past the table, or negative
         top = int(positions.max())
         if int(positions.min()) < 0 or top >= _ROPE_TABLE_MAX:
@@ -89,7 +89,12 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.d
         size = max(2 * entry[1].shape[0], 1 << top.bit_length())
         entry = _rope_table(inv_freq, dtype, positions.device, min(size, _ROPE_TABLE_MAX))
         tables[key] = entry
-        return entry[1].index_select(0, positions), entry[2].index_select(0, positions)
+        return _rope_rows(entry, positions)
+
+
+def _rope_rows(entry: tuple, positions: torch.Tensor):
+    _, cos, sin = entry
+    return cos.index_select(0, positions), sin.index_select(0, positions)
 
 
 def _rope_table(inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device, size: int):

@@ -9,7 +9,8 @@ With no FILE, the permissively licensed training files under ``--data-root`` are
 answers (bf16) to N of those files' prompts (evaluation prompts excluded), each ``--own-weight``
 times: the drafts then follow how the target itself phrases things. The answers are saved to
 ``--answers`` (default under ``$ADAEAGLE_HOME/trigram/``) every 64 prompts, and a rerun resumes
-from them. The shipped default table is made this way (its card gives the command).
+from them. The shipped default table counts the corpus only; its card gives the command and what
+the own answers measured.
 """
 
 from __future__ import annotations
