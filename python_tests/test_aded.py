@@ -200,6 +200,31 @@ def test_build_trigram_command_counts_saved_own_answers(tmp_path, monkeypatch):
                       str(corpus)])
 
 
+
+def test_own_answers_refuses_a_file_made_with_other_settings(tmp_path):
+    from adaeagle_ext.train import build_trigram as command
+    from adaeagle_ext.train.features import TokenisedChat, save_chats
+
+    answers = tmp_path / "answers.json"
+    save_chats([TokenisedChat([3, 0, 1], [2, 2, 2])], answers)
+    root = tmp_path / "data"
+    # no settings file: read as is (nothing to check but the sizes)
+    assert len(command.own_answers(1, 11, 128, root, answers)) == 1
+    with pytest.raises(SystemExit, match="answers of up to 3 tokens"):
+        command.own_answers(1, 11, 2, root, answers)
+    with pytest.raises(SystemExit, match="holds 1 answers"):
+        command.own_answers(0, 11, 128, root, answers)
+    settings = command.answers_settings(answers)
+    assert settings.name == "answers.settings.json"
+    settings.write_text(json.dumps({"count": 1, "seed": 11, "max_new_tokens": 128,
+                                    "data_root": str(root.resolve())}))
+    assert command.own_answers(1, 11, 128, root, answers)[0].response == [2, 2, 2]
+    for count, seed, new_tokens in ((1, 12, 128), (2, 11, 128), (1, 11, 64)):
+        with pytest.raises(SystemExit, match="was made with"):
+            command.own_answers(count, seed, new_tokens, root, answers)
+    with pytest.raises(SystemExit, match="was made with"):
+        command.own_answers(1, 11, 128, tmp_path / "other", answers)
+
 # ---------------------------------------------------------------------------------------------
 # the file format
 

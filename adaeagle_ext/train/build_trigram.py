@@ -16,6 +16,7 @@ the own answers measured.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -66,14 +67,30 @@ def own_answers(count: int, seed: int, max_new_tokens: int, data_root: Path,
                 answers: Path) -> list:
     """The default model's greedy answers (bf16) to ``count`` training prompts of
     ``PERMISSIVE_SOURCES`` drawn with ``seed`` (evaluation prompts dropped), as TokenisedChat;
-    read from ``answers`` when it holds them, else generated (resumable) and saved there."""
+    read from ``answers`` when it holds them, else generated (resumable) and saved there.
+
+    The settings that made a saved file are kept beside it (``answers_settings(answers)``); a
+    file made with other settings is refused rather than silently counted."""
     from adaeagle_ext.api import load
     from adaeagle_ext.train.conversations import evaluation_prompts, training_mix
     from adaeagle_ext.train.features import distill_resumable, load_chats, save_chats, tokenise
 
+    settings = {"count": count, "seed": seed, "max_new_tokens": max_new_tokens,
+                "data_root": str(Path(data_root).resolve())}
+    sidecar = answers_settings(answers)
     if answers.is_file():
         chats = load_chats(answers)
-        print(f"{len(chats)} answers from {answers}")
+        saved = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        if saved is not None and saved != settings:
+            raise SystemExit(f"error: {answers} was made with {saved}, not {settings}; remove "
+                             "it or pass another --answers")
+        longest = max((len(c.response) for c in chats), default=0)
+        if len(chats) > count or longest > max_new_tokens:
+            raise SystemExit(f"error: {answers} holds {len(chats)} answers of up to {longest} "
+                             f"tokens, more than --own-answers {count} / "
+                             f"--own-max-new-tokens {max_new_tokens} allow")
+        print(f"{len(chats)} answers from {answers}"
+              + ("" if saved else " (no settings file beside it: not checked against --seed)"))
         return chats
     pipe = load(None, dtype="bfloat16")
     eos = pipe._eos_ids()
@@ -84,7 +101,13 @@ def own_answers(count: int, seed: int, max_new_tokens: int, data_root: Path,
     chats = distill_resumable(pipe.model, chats, eos, max_new_tokens,
                               answers.with_suffix(".partial.json"))
     save_chats(chats, answers)
+    sidecar.write_text(json.dumps(settings))
     return chats
+
+
+def answers_settings(answers: Path) -> Path:
+    """Where the settings that made an answers file are kept: ``NAME.settings.json``."""
+    return answers.with_suffix(".settings.json")
 
 
 def write_card(card: Path, table, files: list[tuple[Path, str]], out: Path, seconds: float,
