@@ -124,6 +124,23 @@ def test_peers_match_ar_in_fp32_and_broken_strategy_is_caught(run, target):
         assert d["token_gap"] >= d["top2_gap"] >= 0
 
 
+def test_report_keeps_the_commit_the_run_started_with(run, tmp_path):
+    from adaeagle_ext.bench.report import machine_info
+
+    start = machine_info()
+    md = write_report(run, tmp_path, info=start).read_text()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["machine"]["git_commit"] == start["git_commit"]
+    assert "git_commit_at_end" not in data["machine"]
+    assert f"commit {start['git_commit']}." in md
+    moved = dict(start, git_commit="0000000")  # the tree changed while the run went on
+    md = write_report(run, tmp_path, info=moved).read_text()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["machine"]["git_commit"] == "0000000"
+    assert data["machine"]["git_commit_at_end"] == start["git_commit"]
+    assert f"commit 0000000 (at the end: {start['git_commit']})." in md
+
+
 def test_eos_is_cut_alike_for_runtime_and_hf(run, target):
     """An EOS id taken from ar's own output ends ar and hf at the same place."""
     tokens = run.results["ar"][1].turns[0].token_ids

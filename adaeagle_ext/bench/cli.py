@@ -37,7 +37,7 @@ def add_bench(sub) -> None:
 def run_bench_command(args) -> int:
     from adaeagle_ext.api import load
     from adaeagle_ext.bench.prompts import load_questions, select
-    from adaeagle_ext.bench.report import write_report
+    from adaeagle_ext.bench.report import machine_info, write_report
     from adaeagle_ext.bench.runner import Target, resolve_methods, run_bench
 
     try:
@@ -49,6 +49,7 @@ def run_bench_command(args) -> int:
         return 2
     pipe = load(args.model, dtype=args.dtype, threads=args.threads,
                 act_quant=args.act_quant, progress=not args.no_progress)
+    info = machine_info()  # the code and settings the run starts with
     run = run_bench(Target.from_pipeline(pipe), questions, methods,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, warmup=args.warmup, threads=args.threads,
@@ -57,7 +58,7 @@ def run_bench_command(args) -> int:
                         model=str(pipe.source),
                         per_category=args.per_category, limit=args.limit,
                         command="adaeagle " + " ".join(sys.argv[1:]))
-    md = write_report(run, args.out)
+    md = write_report(run, args.out, info=info)
     print(md.read_text())
     print(f"written to {args.out}/", file=sys.stderr)
     return 0

@@ -61,7 +61,9 @@ def markdown(run: BenchRun, info: dict) -> str:
     s = run.settings
     lines = [f"Machine: {info.get('cpu')}, {info.get('threads')} threads, dtype "
              f"{s.get('dtype', '?')}, torch {info['versions'].get('torch')}, transformers "
-             f"{info['versions'].get('transformers', '–')}, commit {info.get('git_commit')}.",
+             f"{info['versions'].get('transformers', '–')}, commit {info.get('git_commit')}"
+             + (f" (at the end: {info['git_commit_at_end']})" if "git_commit_at_end" in info
+                else "") + ".",
              f"{s['questions']} questions, max_new_tokens {s['max_new_tokens']}, temperature "
              f"{s['temperature']}, warmup {s['warmup']}.", "",
              "Speedup over `ar` (mean per-question tokens/s ratio, Spec-Bench):", "",
@@ -148,12 +150,21 @@ def _ldlp_markdown(run: BenchRun) -> list[str]:
     return lines
 
 
-def write_report(run: BenchRun, out_dir: str | Path, extra: dict | None = None) -> Path:
+def write_report(run: BenchRun, out_dir: str | Path, extra: dict | None = None,
+                 info: dict | None = None) -> Path:
     """Write everything under ``out_dir``; returns the markdown path. Plots are skipped with a
-    note in results.md when matplotlib is missing."""
+    note in results.md when matplotlib is missing.
+
+    ``info``: ``machine_info()`` taken when the run started (the code it ran); when the commit
+    has changed since, the one at the end is recorded too, as ``git_commit_at_end``. Default:
+    taken now."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = machine_info()
+    now = machine_info()
+    if info is None:
+        info = now
+    elif now["git_commit"] != info.get("git_commit"):
+        info = dict(info, git_commit_at_end=now["git_commit"])
     data = dict(settings=run.settings, machine=info, methods=run.methods, tasks=run.tasks,
                 summaries={m: {t: s.as_dict() for t, s in per.items()}
                            for m, per in run.summaries.items()},
