@@ -16,6 +16,7 @@ from adaeagle_ext.models.packed_layers import (
     PackedLinear,
     WatchedModule,
     packing_epoch,
+    tensor_version,
 )
 from adaeagle_ext.packed import PackedWeight
 
@@ -77,7 +78,7 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.d
     tables = inv_freq.__dict__.setdefault("_rope_tables", {})
     key = (dtype, positions.device)
     entry = tables.get(key)
-    if entry is None or entry[0] != _version(inv_freq):
+    if entry is None or entry[0] != tensor_version(inv_freq):
         entry = _rope_table(inv_freq, dtype, positions.device, _ROPE_TABLE_MIN)
         tables[key] = entry
     try:
@@ -99,15 +100,7 @@ def _rope_rows(entry: tuple, positions: torch.Tensor):
 
 def _rope_table(inv_freq: torch.Tensor, dtype: torch.dtype, device: torch.device, size: int):
     cos, sin = _rope_compute(torch.arange(size, device=device), inv_freq.to(device), dtype)
-    return _version(inv_freq), cos, sin
-
-
-def _version(t: torch.Tensor) -> int:
-    """t's in-place version counter (-1 for inference tensors, which have none)."""
-    try:
-        return t._version
-    except RuntimeError:
-        return -1
+    return tensor_version(inv_freq), cos, sin
 
 
 def fused_rope_applies(qkv, cos, sin, buf, req, rows) -> bool:

@@ -28,6 +28,15 @@ def packing_epoch() -> int:
     return _epoch
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """t's in-place version counter (-1 for inference tensors, which have none): caches of
+    values computed from t compare it to see in-place changes."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 class WatchedModule(nn.Module):
     """An nn.Module whose attribute assignments (``layer.weight_packed = ...``,
     ``set_act_quant``, a replaced parameter) advance ``packing_epoch()``."""
@@ -84,22 +93,22 @@ class PackedEmbedding(WatchedModule):
                 or w.data.device.type != "cpu":
             return w.rows(ids).to(self.dtype)
         cache, room = self._row_cache()
-        rows = []
-        for t in ids.reshape(-1).tolist():
-            row = cache.get(t)
-            if row is None:
-                row = w.rows(torch.tensor([t])).to(self.dtype)[0]  # raises for a bad id
-                if len(cache) < room:
-                    cache[t] = row
-            rows.append(row)
-        return torch.stack(rows).reshape(*ids.shape, self.embedding_dim)
+        flat = ids.reshape(-1).tolist()
+        missing = [t for t in dict.fromkeys(flat) if t not in cache]
+        fresh = {}
+        if missing:  # one dequantisation for all of them; raises for a bad id
+            rows = w.rows(torch.tensor(missing)).to(self.dtype)
+            fresh = dict(zip(missing, rows, strict=True))
+            for t in missing[:max(0, room - len(cache))]:
+                cache[t] = fresh[t]
+        return torch.stack([cache[t] if t in cache else fresh[t] for t in flat]).reshape(
+            *ids.shape, self.embedding_dim)
 
     def _row_cache(self) -> tuple[dict[int, torch.Tensor], int]:
         """(id -> dequantised row, most rows kept) for the current weight and dtype; kept in
         ``__dict__`` so that filling it does not advance ``packing_epoch()``."""
         w = self.weight_packed
-        version = 0 if w.data.is_inference() else w.data._version  # inference: no counter
-        key = (id(w), w.data.data_ptr(), version, self.dtype)
+        key = (w.data.data_ptr(), tensor_version(w.data), self.dtype)
         entry = self.__dict__.get("_rows")
         if entry is None or entry[0] != key or entry[1] is not w:
             row_bytes = self.embedding_dim * torch.empty((), dtype=self.dtype).element_size()
