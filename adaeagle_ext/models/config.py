@@ -61,9 +61,11 @@ class LlamaConfig:
         return self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
 
     def inv_freq(self) -> torch.Tensor:
-        """RoPE inverse frequencies, float32 [head_dim // 2], with the configured scaling."""
+        """RoPE inverse frequencies, float32 [head_dim // 2] on the CPU (also inside a
+        ``torch.device`` context), with the configured scaling."""
         dim = self.head_dim
-        inv = 1.0 / (self.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        steps = torch.arange(0, dim, 2, dtype=torch.float32, device="cpu")
+        inv = 1.0 / (self.rope_theta ** (steps / dim))
         kind = self.rope_type
         if kind == "linear":
             inv = inv / float(self.rope_scaling["factor"])

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from adaeagle_ext.models.config import LlamaConfig
+from adaeagle_ext.models.gguf_file import GGUFFormatError, GGUFHeader, TensorInfo, read_header
 
 try:
     import gguf
@@ -84,25 +85,24 @@ class GGUFCheckpoint:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        reader = _open(self.path)
-        self.metadata = {k: _field_value(f) for k, f in reader.fields.items()
-                         if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
-        self.has_tokenizer = "tokenizer.ggml.tokens" in reader.fields
+        header, self._file = _open(self.path)
+        self.metadata = header.metadata
+        self.has_tokenizer = "tokenizer.ggml.tokens" in header.keys
         self.arch = self.metadata.get("general.architecture")
         if self.arch not in SUPPORTED_ARCHS:
             raise GGUFError(f"{self.path}: architecture {self.arch!r} is not supported "
                             f"(supported: {', '.join(SUPPORTED_ARCHS)})")
-        names = {t.name for t in reader.tensors}
+        names = {t.name for t in header.tensors}
         if "rope_freqs.weight" in names:
             raise GGUFError(f"{self.path}: per-frequency RoPE factors (rope_freqs) are not "
                             "supported")
-        embed = [t for t in reader.tensors if t.name == "token_embd.weight"]
-        if not embed:
-            raise GGUFError(f"{self.path}: tensor token_embd.weight is missing")
+        embed = [t for t in header.tensors if t.name == "token_embd.weight"]
+        if not embed or len(embed[0].dims) != 2:
+            raise GGUFError(f"{self.path}: tensor token_embd.weight is missing or not 2-D")
         try:
-            self.config = self._config(names, int(embed[0].shape[1]))
+            self.config = self._config(names, int(embed[0].dims[1]))
             self.packed: dict[str, PackedTensor] = {}
-            for t in reader.tensors:
+            for t in header.tensors:
                 self.packed[_hf_name(t.name, self.path)] = self._packed(t)
         except GGUFError:
             raise
@@ -145,18 +145,27 @@ class GGUFCheckpoint:
         )
         return cfg
 
-    def _packed(self, t) -> PackedTensor:
-        if t.tensor_type not in SUPPORTED_TYPES:
+    def _packed(self, t: TensorInfo) -> PackedTensor:
+        try:
+            ggml_type = GGMLType(t.ggml_type)
+        except ValueError:
+            raise GGUFError(f"{self.path}: tensor {t.name} has an unknown type number "
+                            f"{t.ggml_type} (corrupt?)") from None
+        if ggml_type not in SUPPORTED_TYPES:
             raise GGUFError(
-                f"{self.path}: tensor {t.name} has type {t.tensor_type.name}, which is not "
+                f"{self.path}: tensor {t.name} has type {ggml_type.name}, which is not "
                 f"supported (supported: {', '.join(x.name for x in SUPPORTED_TYPES)})")
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-        data = np.asarray(t.data).view(np.uint8).reshape(rows, -1)
-        block, type_size = gguf.GGML_QUANT_SIZES[t.tensor_type]
-        if data.shape[1] != shape[-1] // block * type_size or shape[-1] % block:
-            raise GGUFError(f"{self.path}: tensor {t.name} holds {data.nbytes} bytes, which "
-                            f"does not match its shape {shape} and type {t.tensor_type.name}")
+        shape = tuple(reversed(t.dims))
+        block, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+        if shape[-1] % block:
+            raise GGUFError(f"{self.path}: tensor {t.name} has rows of {shape[-1]} values, not "
+                            f"a multiple of {ggml_type.name}'s block of {block}")
+        rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+        row_bytes = shape[-1] // block * type_size
+        if t.offset + rows * row_bytes > self._file.size:
+            raise GGUFError(f"{self.path}: tensor {t.name} runs past the end of the file "
+                            "(truncated download?)")
+        data = self._file[t.offset:t.offset + rows * row_bytes].reshape(rows, row_bytes)
         if self.arch == "llama" and t.name.split(".")[-2] in ("attn_q", "attn_k"):
             heads = self.config.num_heads if "attn_q" in t.name else self.config.num_kv_heads
             order = _unpermute_rows(shape[0], heads)
@@ -166,7 +175,7 @@ class GGUFCheckpoint:
                 data = data.reshape(shape[0], -1)[order].reshape(1, -1)
             else:
                 raise GGUFError(f"{self.path}: quantised bias {t.name} is not supported")
-        return PackedTensor(_hf_name(t.name, self.path), t.tensor_type, shape,
+        return PackedTensor(_hf_name(t.name, self.path), ggml_type, shape,
                             np.ascontiguousarray(data))
 
     def state_dict(self, progress: bool = False) -> dict[str, torch.Tensor]:
@@ -206,26 +215,25 @@ def read_gguf(path: str | Path) -> GGUFCheckpoint:
     return GGUFCheckpoint(path)
 
 
-def _open(path: Path):
+def _skipped_metadata(key: str) -> bool:
+    """The tokenizer's vocabulary arrays: read by the tokenizer, not by the model."""
+    return key.startswith("tokenizer.ggml.") and not key.endswith("_id")
+
+
+def _open(path: Path) -> tuple[GGUFHeader, np.ndarray]:
+    """The file's header and a read-only uint8 memory map of the whole file."""
     if not path.is_file():
         raise GGUFError(f"{path}: no such GGUF file")
     try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as e:  # the reader raises ValueError/IndexError/struct errors
-        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise GGUFError(f"{path}: tensor {t.name} runs past the end of the file "
-                            "(truncated download?)")
-    return reader
-
-
-def _field_value(field):
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+    except ValueError as e:  # numpy cannot map an empty file
+        raise GGUFError(f"{path}: not a readable GGUF file (truncated or empty): {e}") from e
     try:
-        return field.contents()
-    except Exception:  # noqa: BLE001 - metadata we cannot decode is simply left out
-        return None
+        header = read_header(data, skip=_skipped_metadata)
+    except GGUFFormatError as e:
+        kind = "truncated" if e.truncated else "corrupt"
+        raise GGUFError(f"{path}: not a readable GGUF file ({kind}): {e}") from e
+    return header, data
 
 
 def _hf_name(name: str, path: Path) -> str:
