@@ -1,5 +1,8 @@
 """GGUF loading on small files written here with ``gguf`` (and hand-packed K-quant blocks)."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from gguf import GGUFWriter, quants
 from model_fixtures import hf_model, random_weights, tiny_config
 
 from adaeagle_ext.models.gguf_loader import GGUFError, read_gguf
-from adaeagle_ext.models.llama import build_model
+from adaeagle_ext.models.llama import LlamaForCausalLM, build_model
 from adaeagle_ext.models.tree_inputs import chain_inputs
 
 HF_TO_GGUF = {
@@ -221,3 +224,25 @@ def test_truncated_and_corrupt_files(tmp_path):
         read_gguf(corrupt)
     with pytest.raises(GGUFError, match="no such"):
         read_gguf(tmp_path / "missing.gguf")
+
+
+def test_loading_stays_off_torch_dynamo(tmp_path):
+    """A fresh process loads a GGUF model without importing torch._dynamo (about 2 s here):
+    meta-device random init (normal_, arange) used to pull it in."""
+    path = tmp_path / "m.gguf"
+    write_gguf(path, CONFIG, random_weights(CONFIG), lambda n: T.Q4_1)
+    code = ("import sys, adaeagle_ext\n"
+            f"pipe = adaeagle_ext.load({str(path)!r}, progress=False)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
+
+
+def test_embedding_init_unchanged_off_meta():
+    """Built off the meta device, the embedding is drawn as nn.Embedding draws it."""
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(CONFIG)
+    torch.manual_seed(3)
+    expected = torch.nn.Embedding(CONFIG.vocab_size, CONFIG.hidden_size).weight
+    assert torch.equal(model.model.embed_tokens.weight, expected)
