@@ -8,6 +8,9 @@ M = 1 is what each verified draft costs. The widths are timed round-robin within
 benchmarks/results/verify_widths.{json,md}.
 
     python benchmarks/bench_verify_widths.py [--threads 2] [--rows 1,2,3,4,5,6,8] [--rounds 15]
+
+With ``--act-quant 8`` it times float activations against 8-bit activation blocks (the same
+weights with ``act_quant=8``), alternating, and writes verify_widths_q8.{json,md} instead.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", default="1,2,3,4,5,6,8")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--act-quant", type=int, default=0, choices=[0, 8])
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     widths = [int(m) for m in args.rows.split(",")]
@@ -60,10 +64,13 @@ def main() -> None:
     xs = {m: [torch.randn(m, w.shape[1], generator=gen) for w in weights] for m in widths}
     ys = {m: [torch.empty(m, w.shape[0]) for w in weights] for m in widths}
 
-    def forward(m: int) -> None:
-        for w, x, y in zip(weights, xs[m], ys[m], strict=True):
+    def forward(m: int, ws=weights) -> None:
+        for w, x, y in zip(ws, xs[m], ys[m], strict=True):
             w.linear(x, out=y)
 
+    if args.act_quant:
+        compare_act_quant(args, widths, weights, forward)
+        return
     times: dict[int, list[float]] = {m: [] for m in widths}
     for m in widths:
         forward(m)
@@ -101,6 +108,45 @@ def main() -> None:
         *[f"| {m} | {ms[m]:.2f} | {ms[m] / ms[widths[0]]:.2f} |" for m in widths],
     ]
     (out / "verify_widths.md").write_text("\n".join(lines) + "\n")
+
+
+def compare_act_quant(args, widths: list[int], weights: list, forward) -> None:
+    """Float activations against act_quant=8 on the same weights, alternating per round."""
+    q8 = [w.with_act_quant(args.act_quant) for w in weights]
+    modes = {"float": weights, "q8": q8}
+    times = {(mode, m): [] for mode in modes for m in widths}
+    for m in widths:
+        for ws in modes.values():
+            forward(m, ws)
+    for r in range(args.rounds):
+        for m in widths:
+            for mode in (modes if r % 2 == 0 else list(modes)[::-1]):
+                start = time.perf_counter()
+                forward(m, modes[mode])
+                times[(mode, m)].append(time.perf_counter() - start)
+    ms = {mode: {m: statistics.median(times[(mode, m)]) * 1e3 for m in widths} for mode in modes}
+    report = {"machine": machine_info(), "threads": args.threads, "rounds": args.rounds,
+              "act_quant": args.act_quant, "forward_linears_ms": ms}
+    lines = [
+        "# Linear layers of one forward of the default model: float vs 8-bit activations",
+        "",
+        f"Command: `python benchmarks/bench_verify_widths.py --threads {args.threads} "
+        f"--rows {args.rows} --rounds {args.rounds} --act-quant {args.act_quant}`",
+        "",
+        "Machine: " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
+        "",
+        "Median of the rounds; the two modes alternate within each round.",
+        "",
+        "| M | float activations (ms) | act_quant=8 (ms) | speed-up |",
+        "|---:|---:|---:|---:|",
+        *[f"| {m} | {ms['float'][m]:.2f} | {ms['q8'][m]:.2f} | "
+          f"{ms['float'][m] / ms['q8'][m]:.2f}x |" for m in widths],
+    ]
+    print("\n".join(lines[-len(widths) - 2:]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "verify_widths_q8.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "verify_widths_q8.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ strategy can speed up.
 
 Runs the first turn(s) of ``--per-category`` questions per task with ``ar`` (bf16, the
 harness's conversation handling: each turn sees the previous turns and answers) and writes
-benchmarks/results/prefill_share.{json,md}.
+benchmarks/results/prefill_share.{json,md} (``prefill_share_q8.*`` with ``--act-quant 8``).
 
     python benchmarks/prefill_share.py [--per-category 2] [--max-new-tokens 128] [--threads 2]
+                                       [--act-quant 8]
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--act-quant", type=int, default=0, choices=[0, 8],
+                        help="8: 8-bit activation blocks in every packed layer (load's act_quant)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    pipe = load(None, dtype="bfloat16", threads=args.threads, progress=False)
+    pipe = load(None, dtype="bfloat16", threads=args.threads, progress=False,
+                act_quant=args.act_quant)
     questions = select(load_questions(DEFAULT_PROMPTS), per_category=args.per_category)
     per_task: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for q in questions:
@@ -57,8 +61,10 @@ def main() -> None:
               "machine": machine_info(), "tasks": {k: dict(v) for k, v in rows.items()}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prefill_share.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# `ar` on Spec-Bench: prefill against decoding", "",
+    name = "prefill_share" + ("_q8" if args.act_quant else "")
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    mode = ", act_quant=8" if args.act_quant else ""
+    lines = [f"# `ar` on Spec-Bench: prefill against decoding{mode}", "",
              f"Command: `{report['command']}`", "", f"Machine: {report['machine']}", "",
              "| task | prompt tokens | prefill (s) | prefill tok/s | new tokens | decode (s) | "
              "decode tok/s | prefill share of wall time |",
@@ -69,7 +75,7 @@ def main() -> None:
                      f"{r['prompt_tokens'] / r['prefill_s']:.0f} | {r['new_tokens']:.0f} | "
                      f"{r['decode_s']:.2f} | {r['new_tokens'] / r['decode_s']:.1f} | "
                      f"{r['prefill_s'] / wall:.0%} |")
-    (out / "prefill_share.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

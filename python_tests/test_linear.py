@@ -492,3 +492,27 @@ def test_model_switch_keeps_verify_equal_to_steps():
     assert (together - float_logits).abs().max() < 0.1 * float_logits.abs().max()
     set_act_quant(model, 0)
     assert torch.equal(forward(tokens, 0, model.new_cache(1, 16)), float_logits)
+
+
+@pytest.mark.parametrize("ggml_type", [ops.GGML_Q4_0, ops.GGML_Q4_1], ids=["Q4_0", "Q4_1"])
+def test_act_q8_largest_q4_partial_sums(ggml_type):
+    """Every nibble 15 against activations of +-127: the largest int16 partial sums of the
+    4-row and taller tiles (8 groups x 2 x 15 x 127 = 30480), exact for every row count."""
+    head = fp16_bytes(F16_QUARTER) + (fp16_bytes(F16_MINUS_ONE) if ggml_type == ops.GGML_Q4_1
+                                      else [])
+    w = u8([(head + [0xFF] * 16) * 18] * 11)  # 11 rows of K = 576, d = 0.25
+    signs = torch.tensor([1.0 if (i // 32) % 3 else -1.0 for i in range(576)])
+    x = torch.stack([signs * (1 + r % 5) for r in range(20)])  # q = +-127 in every block
+    expected = ref.linear_q8(x, w, ggml_type)
+    # each block: d * 0.25 * (15 - 8 * (Q4_0)) * 32 * 127 * sign, d = (1 + r % 5) / 127
+    per_block = (15.0 if ggml_type == ops.GGML_Q4_1 else 7.0) * 32 * 0.25
+    blocks = signs.view(18, 32)[:, 0]
+    for r in (0, 3):
+        scale = 1 + r % 5
+        want = float(blocks.sum()) * per_block * scale
+        if ggml_type == ops.GGML_Q4_1:  # m = -1 times s = d * sum(q)
+            want -= float(blocks.sum()) * 32 * scale
+        assert expected[r, 0].item() == pytest.approx(want, rel=1e-6)
+    for m in (1, 4, 5, 8, 16, 20):
+        got = run(x[:m], w, ggml_type, act_quant=8)
+        assert torch.equal(bits(got), bits(expected[:m])), m
