@@ -494,25 +494,31 @@ def test_model_switch_keeps_verify_equal_to_steps():
     assert torch.equal(forward(tokens, 0, model.new_cache(1, 16)), float_logits)
 
 
-@pytest.mark.parametrize("ggml_type", [ops.GGML_Q4_0, ops.GGML_Q4_1], ids=["Q4_0", "Q4_1"])
-def test_act_q8_largest_q4_partial_sums(ggml_type):
-    """Every nibble 15 against activations of +-127: the largest int16 partial sums of the
-    4-row and taller tiles (8 groups x 2 x 15 x 127 = 30480), exact for every row count."""
-    head = fp16_bytes(F16_QUARTER) + (fp16_bytes(F16_MINUS_ONE) if ggml_type == ops.GGML_Q4_1
-                                      else [])
-    w = u8([(head + [0xFF] * 16) * 18] * 11)  # 11 rows of K = 576, d = 0.25
+# Per type: block bytes with d = 0.25 (Q4_1: m = -1) and the most extreme weights (nibbles 15;
+# Q8_0: -128), and the weight value w * d and m that each block then holds.
+EXTREME_BLOCKS = {
+    ops.GGML_Q4_0: (fp16_bytes(F16_QUARTER) + [0xFF] * 16, 7.0, 0.0),
+    ops.GGML_Q4_1: (fp16_bytes(F16_QUARTER) + fp16_bytes(F16_MINUS_ONE) + [0xFF] * 16, 15.0,
+                    -1.0),
+    ops.GGML_Q8_0: (fp16_bytes(F16_QUARTER) + [0x80] * 32, -128.0, 0.0),
+}
+
+
+@pytest.mark.parametrize("ggml_type", list(EXTREME_BLOCKS), ids=["Q4_0", "Q4_1", "Q8_0"])
+def test_act_q8_largest_partial_sums(ggml_type):
+    """The most extreme weights against activations of +-127: the largest integer partial sums
+    of every tile (Q4: 8 groups x 2 x 15 x 127 = 30480 in int16; Q8_0: 2 x 128 x 127 per
+    pair), exact for every row count."""
+    block, w_units, m = EXTREME_BLOCKS[ggml_type]
+    w = u8([block * 18] * 11)  # 11 rows of K = 576
     signs = torch.tensor([1.0 if (i // 32) % 3 else -1.0 for i in range(576)])
     x = torch.stack([signs * (1 + r % 5) for r in range(20)])  # q = +-127 in every block
     expected = ref.linear_q8(x, w, ggml_type)
-    # each block: d * 0.25 * (15 - 8 * (Q4_0)) * 32 * 127 * sign, d = (1 + r % 5) / 127
-    per_block = (15.0 if ggml_type == ops.GGML_Q4_1 else 7.0) * 32 * 0.25
-    blocks = signs.view(18, 32)[:, 0]
+    block_signs = float(signs.view(18, 32)[:, 0].sum())
     for r in (0, 3):
-        scale = 1 + r % 5
-        want = float(blocks.sum()) * per_block * scale
-        if ggml_type == ops.GGML_Q4_1:  # m = -1 times s = d * sum(q)
-            want -= float(blocks.sum()) * 32 * scale
+        scale = 1 + r % 5  # per block: 0.25 * w_units * 32 * scale, plus m * 32 * scale
+        want = block_signs * scale * 32 * (0.25 * w_units + m)
         assert expected[r, 0].item() == pytest.approx(want, rel=1e-6)
-    for m in (1, 4, 5, 8, 16, 20):
-        got = run(x[:m], w, ggml_type, act_quant=8)
-        assert torch.equal(bits(got), bits(expected[:m])), m
+    for rows in (1, 4, 5, 8, 12, 16, 20):
+        got = run(x[:rows], w, ggml_type, act_quant=8)
+        assert torch.equal(bits(got), bits(expected[:rows])), rows

@@ -6,8 +6,8 @@
 // block dot product is 32 multiply-adds in two instructions (maddubs: u8 x s8 -> pairs in
 // int16, madd: pairs -> int32), the 8 rows' partial sums are reduced to one int32 vector
 // (exact, so in any order), converted and scaled into the 8 accumulators with one fma.
-// From 4 input rows on, Q4 weights take tile_grouped instead, which regroups the decoded
-// blocks once and needs no horizontal reduction per input row (1.4x faster at M = 64); the
+// From 4 input rows on (8 for Q8_0), tile_grouped takes over: it regroups the decoded blocks
+// once and needs no horizontal reduction per input row (1.3-1.5x faster at M = 64); the
 // exact integer dot products and the float steps after them are the same, so are the bits.
 // Weight rows are read from DRAM by the first row tile and from L1 / L2 by the others.
 #include "cpu/linear_q8.h"
@@ -174,14 +174,14 @@ ADAEAGLE_AVX2_INLINE void transpose8_epi32(const __m256i* w, __m256i* g) {
   }
 }
 
-// Outputs [m0, m0 + MT) x [n0, n0 + 8) for Q4_0 / Q4_1, with the same arithmetic as tile()
-// but no horizontal reduction: the 8 rows' decoded blocks are regrouped once so that group i
-// holds weights 4i..4i+3 of each row, and each input row's block is 8 broadcasts of 4
-// activations against them. The int16 sums of the 8 groups stay below 8 * 2 * 15 * 127.
+// Outputs [m0, m0 + MT) x [n0, n0 + 8), with the same arithmetic as tile() but no horizontal
+// reduction: the 8 rows' decoded blocks are regrouped once so that group i holds weights
+// 4i..4i+3 of each row, and each input row's block is 8 broadcasts of 4 activations against
+// them. Q4: the int16 sums of the 8 groups stay below 8 * 2 * 15 * 127; Q8_0: each group is
+// widened to int32 (|w| times x with w's sign, as in tile()).
 template <int Type, int MT>
 ADAEAGLE_AVX2 void tile_grouped(const LinearQ8Args& a, int64_t m0, int64_t n0) {
-  static_assert(Type == kGgmlQ4_0 || Type == kGgmlQ4_1);
-  constexpr int kBytes = Type == kGgmlQ4_1 ? 20 : 18;
+  constexpr int kBytes = Type == kGgmlQ8_0 ? 34 : Type == kGgmlQ4_1 ? 20 : 18;
   constexpr int kPayload = Type == kGgmlQ4_1 ? 4 : 2;
   const int64_t row_bytes = a.out.row_bytes;
   const uint8_t* first = a.out.w + n0 * row_bytes;
@@ -197,17 +197,34 @@ ADAEAGLE_AVX2 void tile_grouped(const LinearQ8Args& a, int64_t m0, int64_t n0) {
     __m256 dw, mw;
     head_f16_pair(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk), offsets, 1), &dw,
                   &mw);
-    __m256i w[kTileRows], g[kTileRows];
-    for (int n = 0; n < kTileRows; ++n) w[n] = q4_bytes(blk + n * row_bytes + kPayload);
+    __m256i w[kTileRows], g[kTileRows], g_abs[kTileRows];
+    for (int n = 0; n < kTileRows; ++n) {
+      const uint8_t* qs = blk + n * row_bytes + kPayload;
+      w[n] = Type == kGgmlQ8_0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs))
+                               : q4_bytes(qs);
+    }
     transpose8_epi32(w, g);
+    if constexpr (Type == kGgmlQ8_0) {
+      for (int i = 0; i < 8; ++i) g_abs[i] = _mm256_sign_epi8(g[i], g[i]);
+    }
     for (int m = 0; m < MT; ++m) {
       const int64_t at = (m0 + m) * a.act.blocks + b;
       const int32_t* xq = reinterpret_cast<const int32_t*>(a.act.q + at * 32);
-      __m256i pairs = _mm256_maddubs_epi16(g[0], _mm256_set1_epi32(xq[0]));
-      for (int i = 1; i < 8; ++i) {
-        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(g[i], _mm256_set1_epi32(xq[i])));
+      __m256i dot;
+      if constexpr (Type == kGgmlQ8_0) {
+        dot = _mm256_setzero_si256();
+        for (int i = 0; i < 8; ++i) {
+          const __m256i x4 = _mm256_sign_epi8(_mm256_set1_epi32(xq[i]), g[i]);
+          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(g_abs[i], x4),
+                                                        ones));
+        }
+      } else {
+        __m256i pairs = _mm256_maddubs_epi16(g[0], _mm256_set1_epi32(xq[0]));
+        for (int i = 1; i < 8; ++i) {
+          pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(g[i], _mm256_set1_epi32(xq[i])));
+        }
+        dot = _mm256_madd_epi16(pairs, ones);
       }
-      __m256i dot = _mm256_madd_epi16(pairs, ones);
       if (Type == kGgmlQ4_0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * a.act.sum[at]));
       const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.act.d[at]));
       acc[m] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m]);
@@ -225,16 +242,19 @@ template <int Type>
 ADAEAGLE_AVX2 void rows_of_type(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
   int64_t n0 = n_begin;
   for (; n0 + kTileRows <= n_end; n0 += kTileRows) {
-    // Taller tiles decode each weight block for more input rows.
+    // Taller tiles decode each weight block for more input rows. Regrouping pays for itself
+    // from 4 input rows (Q4) or 8 (Q8_0, whose groups widen to int32 one by one).
     int64_t m0 = 0;
-    if constexpr (Type != kGgmlQ8_0) {  // from 4 rows the regrouping pays for itself
-      for (; m0 + 16 <= a.out.m; m0 += 16) tile_grouped<Type, 16>(a, m0, n0);
-      for (; m0 + 8 <= a.out.m; m0 += 8) tile_grouped<Type, 8>(a, m0, n0);
-      for (; m0 + 4 <= a.out.m; m0 += 4) tile_grouped<Type, 4>(a, m0, n0);
+    for (; m0 + 16 <= a.out.m; m0 += 16) tile_grouped<Type, 16>(a, m0, n0);
+    for (; m0 + 8 <= a.out.m; m0 += 8) tile_grouped<Type, 8>(a, m0, n0);
+    if (m0 + 4 <= a.out.m) {
+      if constexpr (Type == kGgmlQ8_0) {
+        tile<Type, 4>(a, m0, n0);
+      } else {
+        tile_grouped<Type, 4>(a, m0, n0);
+      }
+      m0 += 4;
     }
-    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16>(a, m0, n0);
-    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8>(a, m0, n0);
-    for (; m0 + 4 <= a.out.m; m0 += 4) tile<Type, 4>(a, m0, n0);
     switch (a.out.m - m0) {
       case 3: tile<Type, 3>(a, m0, n0); break;
       case 2: tile<Type, 2>(a, m0, n0); break;
