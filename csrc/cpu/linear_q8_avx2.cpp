@@ -6,9 +6,9 @@
 // block dot product is 32 multiply-adds in two instructions (maddubs: u8 x s8 -> pairs in
 // int16, madd: pairs -> int32), the 8 rows' partial sums are reduced to one int32 vector
 // (exact, so in any order), converted and scaled into the 8 accumulators with one fma.
-// From 4 input rows on (8 for Q8_0), tile_grouped takes over: it regroups the decoded blocks
-// once and needs no horizontal reduction per input row (1.3-1.5x faster at M = 64); the
-// exact integer dot products and the float steps after them are the same, so are the bits.
+// From 4 input rows on (8 for Q8_0), the tile regroups the decoded blocks once instead and
+// needs no horizontal reduction per input row (1.3-1.5x faster at M = 64); the exact integer
+// dot products and the float steps after them are the same, so are the bits.
 // Weight rows are read from DRAM by the first row tile and from L1 / L2 by the others.
 #include "cpu/linear_q8.h"
 
@@ -99,62 +99,6 @@ struct AheadPrefetch {
   }
 };
 
-// Outputs [m0, m0 + MT) x [n0, n0 + 8).
-template <int Type, int MT>
-ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
-  constexpr int kBytes = Type == kGgmlQ8_0 ? 34 : Type == kGgmlQ4_1 ? 20 : 18;
-  constexpr int kPayload = Type == kGgmlQ4_1 ? 4 : 2;
-  const int64_t row_bytes = a.out.row_bytes;
-  const uint8_t* first = a.out.w + n0 * row_bytes;
-  const __m256i offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                             _mm256_set1_epi32(static_cast<int>(row_bytes)));
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[MT];
-  for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
-  const AheadPrefetch prefetch(a, m0, first);
-  for (int64_t b = 0; b < a.act.blocks; ++b) {
-    prefetch.block(b);
-    const uint8_t* blk = first + b * kBytes;
-    __m256 dw, mw;
-    head_f16_pair(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk), offsets, 1), &dw,
-                  &mw);
-    __m256i w[kTileRows];
-    for (int n = 0; n < kTileRows; ++n) {
-      const uint8_t* qs = blk + n * row_bytes + kPayload;
-      w[n] = Type == kGgmlQ8_0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs))
-                               : q4_bytes(qs);
-    }
-    for (int m = 0; m < MT; ++m) {
-      const int64_t at = (m0 + m) * a.act.blocks + b;
-      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.act.q + at * 32));
-      __m256i p[kTileRows];
-      __m256i dot;
-      if (Type == kGgmlQ8_0) {
-        // |w| times (x with w's sign) keeps maddubs' first operand unsigned; pairs of int8
-        // products need int32 from the first addition on.
-        for (int n = 0; n < kTileRows; ++n) {
-          p[n] = _mm256_madd_epi16(
-              _mm256_maddubs_epi16(_mm256_sign_epi8(w[n], w[n]), _mm256_sign_epi8(x, w[n])),
-              ones);
-        }
-        dot = reduce8(p);
-      } else {
-        for (int n = 0; n < kTileRows; ++n) p[n] = _mm256_maddubs_epi16(w[n], x);
-        dot = reduce8_i16(p);
-      }
-      if (Type == kGgmlQ4_0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * a.act.sum[at]));
-      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.act.d[at]));
-      acc[m] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m]);
-      if (Type == kGgmlQ4_1) acc[m] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a.act.s[at]), acc[m]);
-    }
-  }
-  for (int m = 0; m < MT; ++m) {
-    alignas(32) float lanes[kTileRows];
-    _mm256_store_ps(lanes, acc[m]);
-    for (int n = 0; n < kTileRows; ++n) store_output(a.out, m0 + m, n0 + n, lanes[n]);
-  }
-}
-
 // dword j of g[i] = dword i of w[j]: an 8 x 8 transpose of 32-bit elements.
 ADAEAGLE_AVX2_INLINE void transpose8_epi32(const __m256i* w, __m256i* g) {
   __m256i t[8], u[8];
@@ -174,20 +118,63 @@ ADAEAGLE_AVX2_INLINE void transpose8_epi32(const __m256i* w, __m256i* g) {
   }
 }
 
-// Outputs [m0, m0 + MT) x [n0, n0 + 8), with the same arithmetic as tile() but no horizontal
-// reduction: the 8 rows' decoded blocks are regrouped once so that group i holds weights
-// 4i..4i+3 of each row, and each input row's block is 8 broadcasts of 4 activations against
-// them. Q4: the int16 sums of the 8 groups stay below 8 * 2 * 15 * 127; Q8_0: each group is
-// widened to int32 (|w| times x with w's sign, as in tile()).
-template <int Type, int MT>
-ADAEAGLE_AVX2 void tile_grouped(const LinearQ8Args& a, int64_t m0, int64_t n0) {
+// Lane n = the exact integer dot product of decoded weight block w[n] (8 output rows) with one
+// input row's quantised block xq, by 8 maddubs and a horizontal reduction.
+template <int Type>
+ADAEAGLE_AVX2_INLINE __m256i dot_reduced(const __m256i* w, const int8_t* xq) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
+  __m256i p[kTileRows];
+  if constexpr (Type == kGgmlQ8_0) {
+    // |w| times (x with w's sign) keeps maddubs' first operand unsigned; pairs of int8
+    // products need int32 from the first addition on.
+    for (int n = 0; n < kTileRows; ++n) {
+      p[n] = _mm256_madd_epi16(
+          _mm256_maddubs_epi16(_mm256_sign_epi8(w[n], w[n]), _mm256_sign_epi8(x, w[n])),
+          _mm256_set1_epi16(1));
+    }
+    return reduce8(p);
+  } else {
+    for (int n = 0; n < kTileRows; ++n) p[n] = _mm256_maddubs_epi16(w[n], x);
+    return reduce8_i16(p);
+  }
+}
+
+// The same dot products from the regrouped blocks g (group i: weights 4i..4i+3 of each output
+// row; g_abs their magnitudes for Q8_0), by 8 broadcasts of 4 activations and no horizontal
+// reduction. Q4: the int16 sums of the 8 groups stay below 8 * 2 * 15 * 127; Q8_0: each group
+// is widened to int32 on its own.
+template <int Type>
+ADAEAGLE_AVX2_INLINE __m256i dot_grouped(const __m256i* g, const __m256i* g_abs,
+                                         const int8_t* xq) {
+  const int32_t* x4 = reinterpret_cast<const int32_t*>(xq);
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (Type == kGgmlQ8_0) {
+    __m256i dot = _mm256_setzero_si256();
+    for (int i = 0; i < 8; ++i) {
+      const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(x4[i]), g[i]);
+      dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(g_abs[i], x), ones));
+    }
+    return dot;
+  } else {
+    __m256i pairs = _mm256_maddubs_epi16(g[0], _mm256_set1_epi32(x4[0]));
+    for (int i = 1; i < 8; ++i) {
+      pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(g[i], _mm256_set1_epi32(x4[i])));
+    }
+    return _mm256_madd_epi16(pairs, ones);
+  }
+}
+
+// Outputs [m0, m0 + MT) x [n0, n0 + 8). kGrouped: the 8 decoded blocks are regrouped once per
+// block (dot_grouped), which pays for itself from 4 input rows (Q4) or 8 (Q8_0); the integer
+// dot products are exact either way and the float steps after them are the same.
+template <int Type, int MT, bool kGrouped>
+ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
   constexpr int kBytes = Type == kGgmlQ8_0 ? 34 : Type == kGgmlQ4_1 ? 20 : 18;
   constexpr int kPayload = Type == kGgmlQ4_1 ? 4 : 2;
   const int64_t row_bytes = a.out.row_bytes;
   const uint8_t* first = a.out.w + n0 * row_bytes;
   const __m256i offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                              _mm256_set1_epi32(static_cast<int>(row_bytes)));
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
   const AheadPrefetch prefetch(a, m0, first);
@@ -203,27 +190,20 @@ ADAEAGLE_AVX2 void tile_grouped(const LinearQ8Args& a, int64_t m0, int64_t n0) {
       w[n] = Type == kGgmlQ8_0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs))
                                : q4_bytes(qs);
     }
-    transpose8_epi32(w, g);
-    if constexpr (Type == kGgmlQ8_0) {
-      for (int i = 0; i < 8; ++i) g_abs[i] = _mm256_sign_epi8(g[i], g[i]);
+    if constexpr (kGrouped) {
+      transpose8_epi32(w, g);
+      if constexpr (Type == kGgmlQ8_0) {
+        for (int i = 0; i < 8; ++i) g_abs[i] = _mm256_sign_epi8(g[i], g[i]);
+      }
     }
     for (int m = 0; m < MT; ++m) {
       const int64_t at = (m0 + m) * a.act.blocks + b;
-      const int32_t* xq = reinterpret_cast<const int32_t*>(a.act.q + at * 32);
+      const int8_t* xq = a.act.q + at * 32;
       __m256i dot;
-      if constexpr (Type == kGgmlQ8_0) {
-        dot = _mm256_setzero_si256();
-        for (int i = 0; i < 8; ++i) {
-          const __m256i x4 = _mm256_sign_epi8(_mm256_set1_epi32(xq[i]), g[i]);
-          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(g_abs[i], x4),
-                                                        ones));
-        }
+      if constexpr (kGrouped) {
+        dot = dot_grouped<Type>(g, g_abs, xq);
       } else {
-        __m256i pairs = _mm256_maddubs_epi16(g[0], _mm256_set1_epi32(xq[0]));
-        for (int i = 1; i < 8; ++i) {
-          pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(g[i], _mm256_set1_epi32(xq[i])));
-        }
-        dot = _mm256_madd_epi16(pairs, ones);
+        dot = dot_reduced<Type>(w, xq);
       }
       if (Type == kGgmlQ4_0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * a.act.sum[at]));
       const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.act.d[at]));
@@ -242,23 +222,18 @@ template <int Type>
 ADAEAGLE_AVX2 void rows_of_type(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
   int64_t n0 = n_begin;
   for (; n0 + kTileRows <= n_end; n0 += kTileRows) {
-    // Taller tiles decode each weight block for more input rows. Regrouping pays for itself
-    // from 4 input rows (Q4) or 8 (Q8_0, whose groups widen to int32 one by one).
+    // Taller tiles decode each weight block for more input rows.
     int64_t m0 = 0;
-    for (; m0 + 16 <= a.out.m; m0 += 16) tile_grouped<Type, 16>(a, m0, n0);
-    for (; m0 + 8 <= a.out.m; m0 += 8) tile_grouped<Type, 8>(a, m0, n0);
+    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16, true>(a, m0, n0);
+    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8, true>(a, m0, n0);
     if (m0 + 4 <= a.out.m) {
-      if constexpr (Type == kGgmlQ8_0) {
-        tile<Type, 4>(a, m0, n0);
-      } else {
-        tile_grouped<Type, 4>(a, m0, n0);
-      }
+      tile<Type, 4, Type != kGgmlQ8_0>(a, m0, n0);
       m0 += 4;
     }
     switch (a.out.m - m0) {
-      case 3: tile<Type, 3>(a, m0, n0); break;
-      case 2: tile<Type, 2>(a, m0, n0); break;
-      case 1: tile<Type, 1>(a, m0, n0); break;
+      case 3: tile<Type, 3, false>(a, m0, n0); break;
+      case 2: tile<Type, 2, false>(a, m0, n0); break;
+      case 1: tile<Type, 1, false>(a, m0, n0); break;
       default: break;
     }
   }
