@@ -111,8 +111,11 @@ class _Cursor:
             return np.frombuffer(self.buf, dtype, count, start).tolist()
         if count > self.size - self.pos:  # every element takes at least one byte
             self.take(count, what)
-        values = [self.value(etype, what, decode) for _ in range(count)]
-        return values if decode else None
+        if decode:
+            return [self.value(etype, what, True) for _ in range(count)]
+        for _ in range(count):
+            self.value(etype, what, False)
+        return None
 
 
 def read_header(buf, skip: Callable[[str], bool] = lambda key: False) -> GGUFHeader:
@@ -146,7 +149,7 @@ def read_header(buf, skip: Callable[[str], bool] = lambda key: False) -> GGUFHea
         keys.append(key)
         if decode:
             metadata[key] = value
-    tensors = []
+    described = []  # (name, dims, type, offset from the data section)
     for i in range(n_tensors):
         name = cur.string(f"the name of tensor {i}")
         n_dims = cur.scalar("<I", f"tensor {name}")
@@ -156,10 +159,11 @@ def read_header(buf, skip: Callable[[str], bool] = lambda key: False) -> GGUFHea
         dims = tuple(cur.scalar("<Q", f"tensor {name}") for _ in range(n_dims))
         ggml_type = cur.scalar("<I", f"tensor {name}")
         offset = cur.scalar("<Q", f"tensor {name}")
-        tensors.append(TensorInfo(name, dims, ggml_type, offset))
+        described.append((name, dims, ggml_type, offset))
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1):
         raise GGUFFormatError(f"general.alignment must be a power of two, got {alignment!r}")
     data_start = -(-cur.pos // alignment) * alignment
-    tensors = [TensorInfo(t.name, t.dims, t.ggml_type, data_start + t.offset) for t in tensors]
+    tensors = [TensorInfo(name, dims, ggml_type, data_start + offset)
+               for name, dims, ggml_type, offset in described]
     return GGUFHeader(version, metadata, keys, tensors, data_start)
