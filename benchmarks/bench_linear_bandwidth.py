@@ -4,7 +4,8 @@ A decode step reads every weight once, so ``linear`` at M=1 should stream weight
 machine's read bandwidth (BF16, F32), or beat F.linear on bf16 weights by far in weights per
 second when dequantising costs more than reading (Q8_0, Q4_1). Each timed call cycles through
 enough distinct copies of the weight (> 96 MiB) that it streams from DRAM like a real step,
-not from the last-level cache. Writes benchmarks/results/linear_bandwidth.{json,md}.
+not from the last-level cache. The "Q4_1 q8" and "Q8_0 q8" rows run the same weights with
+8-bit activation blocks (``act_quant=8``). Writes benchmarks/results/linear_bandwidth.{json,md}.
 
     python benchmarks/bench_linear_bandwidth.py [--threads 2]
 """
@@ -34,8 +35,10 @@ SHAPES = {"qkv 576->960": (576, 960), "o 576->576": (576, 576),
 # per decode step of the default model: 30 layers of q/k/v, o, gate/up, down, then the head
 STEP_COUNTS = {"qkv 576->960": 30, "o 576->576": 30, "gate/up 576->3072": 30,
                "down 1536->576": 30, "lm_head 576->49152": 1}
-TYPES = {"Q4_1": ops.GGML_Q4_1, "Q8_0": ops.GGML_Q8_0, "BF16": ops.GGML_BF16,
-         "F32": ops.GGML_F32}
+# name -> (ggml type, act_quant): the "q8" rows run the same weights with 8-bit activations
+TYPES = {"Q4_1": (ops.GGML_Q4_1, 0), "Q8_0": (ops.GGML_Q8_0, 0), "BF16": (ops.GGML_BF16, 0),
+         "F32": (ops.GGML_F32, 0), "Q4_1 q8": (ops.GGML_Q4_1, 8),
+         "Q8_0 q8": (ops.GGML_Q8_0, 8)}
 POOL_BYTES = 96 << 20
 
 
@@ -88,9 +91,9 @@ def main() -> None:
         dense = torch.randn(n, k, generator=gen) * 0.05
         x1, x16 = torch.randn(1, k, generator=gen), torch.randn(16, k, generator=gen)
         y1, y16 = torch.empty(1, n), torch.empty(16, n)
-        for tname, t in TYPES.items():
+        for tname, (t, act_quant) in TYPES.items():
             first = PackedWeight.from_float(dense, t)
-            copies = [PackedWeight(first.data.clone(), t, (n, k)) for _ in range(
+            copies = [PackedWeight(first.data.clone(), t, (n, k), act_quant) for _ in range(
                 pool_size(first.nbytes))]
             rows.append(measure(label, tname, first.nbytes, n * k, ours_calls(copies, x1, y1),
                                 ours_calls(copies, x16, y16)))

@@ -102,17 +102,15 @@ void linear_q8(const float* x, LinearIsa isa, const LinearArgs& args) {
     quantize(x, k, begin, end, qp, dp, sump, sp);
   });
   const LinearQ8Args q8{args, ActQ8{qp, dp, sump, sp, blocks}};
-  // The AVX2 tile gathers block heads at int32 offsets of up to 7 rows.
-  const bool tiles = avx2 && args.row_bytes <= (int64_t{1} << 27);
-  auto rows = tiles ? &linear_q8_rows_avx2 : &linear_q8_rows_scalar;
+  auto rows = avx2 ? &linear_q8_rows_avx2 : &linear_q8_rows_scalar;
   // Threads split the output rows only (8 at a time, the AVX2 tile width). A chunk holds at
-  // least ~1M multiply-adds, as in the float mode: on a machine whose cores are shared with
-  // other processes every parallel region can wait a scheduler slice for its second thread.
+  // least ~256K multiply-adds, as in the float mode (at ~1M the one-token q/k/v, o and down
+  // projections ran on one thread, and all linears of a one-token step took 1.3-1.6x longer).
   constexpr int64_t kRowsPerTask = 8;
   const int64_t tasks = (n + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t work_per_task = kRowsPerTask * k * m;
   const int64_t grain =
-      std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, work_per_task));
+      std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, work_per_task));
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     rows(q8, begin * kRowsPerTask, std::min(n, end * kRowsPerTask));
   });

@@ -2,19 +2,23 @@
 // attribute) like linear_avx2.cpp.
 //
 // A tile is 8 output rows (one fp32 accumulator lane each) x MT input rows. Per weight block,
-// the 8 rows' blocks are decoded once to 32 unsigned bytes each; for every input row each
-// block dot product is 32 multiply-adds in two instructions (maddubs: u8 x s8 -> pairs in
-// int16, madd: pairs -> int32), the 8 rows' partial sums are reduced to one int32 vector
-// (exact, so in any order), converted and scaled into the 8 accumulators with one fma.
-// From 4 input rows on (8 for Q8_0), the tile regroups the decoded blocks once instead and
-// needs no horizontal reduction per input row (1.3-1.5x faster at M = 64); the exact integer
-// dot products and the float steps after them are the same, so are the bits.
-// Weight rows are read from DRAM by the first row tile and from L1 / L2 by the others.
+// the 8 rows' blocks are decoded once; for every input row each block dot product takes
+// maddubs (u8 x s8 -> pairs in int16) and madd (pairs -> int32), the 8 rows' partial sums are
+// reduced to one int32 vector (exact, so in any order), converted and scaled into the 8
+// accumulators with one fma.
+// - Q4_0 / Q4_1: rows i and i + 4 share a register (one 128-bit half each), so each nibble
+//   mask, shift and multiply-add serves two rows and three horizontal adds finish the block.
+// - Q8_0: one register per row and a horizontal reduction per input row; from 8 input rows
+//   the tile regroups the decoded block once instead and needs no horizontal reduction.
+// The integer dot products are exact and the float steps after them the same whichever way,
+// so are the bits. Weight rows are read from DRAM by the first row tile and from L1 / L2 by
+// the others.
 #include "cpu/linear_q8.h"
 
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "adaeagle/gguf_blocks.h"
@@ -42,16 +46,6 @@ ADAEAGLE_AVX2_INLINE int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)));
 }
 
-// Lane n = the sum of the 16 int16 lanes of v[n], for |v[n] lanes| <= 2 * 15 * 127 (Q4
-// nibbles times int8): every partial sum of up to 8 lanes stays within int16.
-ADAEAGLE_AVX2_INLINE __m256i reduce8_i16(const __m256i* v) {
-  const __m256i t0 = _mm256_hadd_epi16(v[0], v[1]), t1 = _mm256_hadd_epi16(v[2], v[3]);
-  const __m256i t2 = _mm256_hadd_epi16(v[4], v[5]), t3 = _mm256_hadd_epi16(v[6], v[7]);
-  const __m256i u = _mm256_hadd_epi16(_mm256_hadd_epi16(t0, t1), _mm256_hadd_epi16(t2, t3));
-  return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(u)),
-                          _mm256_cvtepi16_epi32(_mm256_extracti128_si256(u, 1)));
-}
-
 // Lane n = the sum of the 8 int32 lanes of p[n].
 ADAEAGLE_AVX2_INLINE __m256i reduce8(const __m256i* p) {
   const __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
@@ -61,13 +55,33 @@ ADAEAGLE_AVX2_INLINE __m256i reduce8(const __m256i* p) {
                           _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-// 16 bytes of Q4 nibbles -> 32 bytes: weight j in byte j (low nibbles, then high ones).
-ADAEAGLE_AVX2_INLINE __m256i q4_bytes(const uint8_t* qs) {
-  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+// The 16 nibble bytes of two Q4 blocks (one per 128-bit half) -> their weights 0..15 (lo)
+// and 16..31 (hi) as unsigned bytes, each half holding its own block's.
+ADAEAGLE_AVX2_INLINE void q4_pair(const uint8_t* qs_a, const uint8_t* qs_b, __m256i* lo,
+                                  __m256i* hi) {
+  const __m256i q = _mm256_inserti128_si256(
+      _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs_a))),
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs_b)), 1);
+  const __m256i mask = _mm256_set1_epi8(0x0f);
+  *lo = _mm256_and_si256(q, mask);
+  *hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
 }
 
-// The fp16 words at byte 0 (lo) and 2 (hi) of 8 gathered 32-bit block heads, as fp32.
+// The first 4 bytes of the blocks at blk + n * row_bytes, n = 0..7, as the dwords of one
+// register (8 scalar loads: vpgatherdd cost more on Zen 3).
+ADAEAGLE_AVX2_INLINE __m256i block_heads(const uint8_t* blk, int64_t row_bytes) {
+  __m128i pairs[4];
+  for (int i = 0; i < 4; ++i) {
+    int32_t a, b;
+    std::memcpy(&a, blk + 2 * i * row_bytes, sizeof a);
+    std::memcpy(&b, blk + (2 * i + 1) * row_bytes, sizeof b);
+    pairs[i] = _mm_unpacklo_epi32(_mm_cvtsi32_si128(a), _mm_cvtsi32_si128(b));
+  }
+  return _mm256_set_m128i(_mm_unpacklo_epi64(pairs[2], pairs[3]),
+                          _mm_unpacklo_epi64(pairs[0], pairs[1]));
+}
+
+// The fp16 words at byte 0 (lo) and 2 (hi) of 8 block heads (block_heads), as fp32.
 ADAEAGLE_AVX2_INLINE void head_f16_pair(__m256i g, __m256* lo, __m256* hi) {
   const __m256i words = _mm256_packus_epi32(_mm256_and_si256(g, _mm256_set1_epi32(0xffff)),
                                             _mm256_srli_epi32(g, 16));
@@ -118,63 +132,101 @@ ADAEAGLE_AVX2_INLINE void transpose8_epi32(const __m256i* w, __m256i* g) {
   }
 }
 
-// Lane n = the exact integer dot product of decoded weight block w[n] (8 output rows) with one
-// input row's quantised block xq, by 8 maddubs and a horizontal reduction.
-template <int Type>
+// Lane n = the exact integer dot product of Q8_0 weight block w[n] (8 output rows) with one
+// input row's quantised block xq, by 8 maddubs and a horizontal reduction. |w| times (x with
+// w's sign) keeps maddubs' first operand unsigned; pairs of int8 products need int32 from the
+// first addition on.
 ADAEAGLE_AVX2_INLINE __m256i dot_reduced(const __m256i* w, const int8_t* xq) {
   const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
   __m256i p[kTileRows];
-  if constexpr (Type == kGgmlQ8_0) {
-    // |w| times (x with w's sign) keeps maddubs' first operand unsigned; pairs of int8
-    // products need int32 from the first addition on.
-    for (int n = 0; n < kTileRows; ++n) {
-      p[n] = _mm256_madd_epi16(
-          _mm256_maddubs_epi16(_mm256_sign_epi8(w[n], w[n]), _mm256_sign_epi8(x, w[n])),
-          _mm256_set1_epi16(1));
-    }
-    return reduce8(p);
-  } else {
-    for (int n = 0; n < kTileRows; ++n) p[n] = _mm256_maddubs_epi16(w[n], x);
-    return reduce8_i16(p);
+  for (int n = 0; n < kTileRows; ++n) {
+    p[n] = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(_mm256_sign_epi8(w[n], w[n]), _mm256_sign_epi8(x, w[n])),
+        _mm256_set1_epi16(1));
   }
+  return reduce8(p);
 }
 
-// The same dot products from the regrouped blocks g (group i: weights 4i..4i+3 of each output
-// row; g_abs their magnitudes for Q8_0), by 8 broadcasts of 4 activations and no horizontal
-// reduction. Q4: the int16 sums of the 8 groups stay below 8 * 2 * 15 * 127; Q8_0: each group
-// is widened to int32 on its own.
-template <int Type>
+// The same for Q8_0 from the regrouped blocks g (group i: weights 4i..4i+3 of each output
+// row) and their magnitudes g_abs, by 8 broadcasts of 4 activations and no horizontal
+// reduction; each group is widened to int32 on its own.
 ADAEAGLE_AVX2_INLINE __m256i dot_grouped(const __m256i* g, const __m256i* g_abs,
                                          const int8_t* xq) {
   const int32_t* x4 = reinterpret_cast<const int32_t*>(xq);
-  const __m256i ones = _mm256_set1_epi16(1);
-  if constexpr (Type == kGgmlQ8_0) {
-    __m256i dot = _mm256_setzero_si256();
-    for (int i = 0; i < 8; ++i) {
-      const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(x4[i]), g[i]);
-      dot = _mm256_add_epi32(dot, _mm256_madd_epi16(_mm256_maddubs_epi16(g_abs[i], x), ones));
-    }
-    return dot;
-  } else {
-    __m256i pairs = _mm256_maddubs_epi16(g[0], _mm256_set1_epi32(x4[0]));
-    for (int i = 1; i < 8; ++i) {
-      pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(g[i], _mm256_set1_epi32(x4[i])));
-    }
-    return _mm256_madd_epi16(pairs, ones);
+  __m256i dot = _mm256_setzero_si256();
+  for (int i = 0; i < 8; ++i) {
+    const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(x4[i]), g[i]);
+    dot = _mm256_add_epi32(
+        dot, _mm256_madd_epi16(_mm256_maddubs_epi16(g_abs[i], x), _mm256_set1_epi16(1)));
   }
+  return dot;
 }
 
-// Outputs [m0, m0 + MT) x [n0, n0 + 8). kGrouped: the 8 decoded blocks are regrouped once per
-// block (dot_grouped), which pays for itself from 4 input rows (Q4) or 8 (Q8_0); the integer
-// dot products are exact either way and the float steps after them are the same.
+// Lane n = the exact integer dot product of Q4 weight block n (8 output rows, decoded by
+// q4_pair: pair i holds rows i and i + 4) with one input row's quantised block xq. A pair's
+// int16 lanes stay below 2 * 2 * 15 * 127 before the madd.
+ADAEAGLE_AVX2_INLINE __m256i dot_paired(const __m256i* lo, const __m256i* hi,
+                                        const int8_t* xq) {
+  const __m256i x_lo = _mm256_broadcastsi128_si256(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq)));
+  const __m256i x_hi = _mm256_broadcastsi128_si256(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16)));
+  __m256i s[4];
+  for (int i = 0; i < 4; ++i) {
+    s[i] = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo[i], x_lo),
+                                              _mm256_maddubs_epi16(hi[i], x_hi)),
+                             _mm256_set1_epi16(1));
+  }
+  // (rows 0 1 0 1 | 4 5 4 5) and (2 3 2 3 | 6 7 6 7) partial sums, then rows 0..7 in order
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+}
+
+// The 8 output rows' blocks at blk, decoded once for all input rows of a tile: Q4 types by
+// q4_pair, Q8_0 as loaded or, with kGrouped, regrouped (and their magnitudes).
+template <int Type, bool kGrouped>
+struct DecodedBlocks {
+  static constexpr int kPayload = Type == kGgmlQ4_1 ? 4 : 2;
+  __m256i w[kTileRows], w_abs[kTileRows];  // Q4: w[i] / w[i + 4] = lo / hi of pair i
+
+  ADAEAGLE_AVX2_INLINE DecodedBlocks(const uint8_t* blk, int64_t row_bytes) {
+    if constexpr (Type == kGgmlQ8_0) {
+      __m256i raw[kTileRows];
+      for (int n = 0; n < kTileRows; ++n) {
+        raw[n] = _mm256_loadu_si256(
+            reinterpret_cast<const __m256i*>(blk + n * row_bytes + kPayload));
+      }
+      if constexpr (kGrouped) {
+        transpose8_epi32(raw, w);
+        for (int i = 0; i < kTileRows; ++i) w_abs[i] = _mm256_sign_epi8(w[i], w[i]);
+      } else {
+        for (int n = 0; n < kTileRows; ++n) w[n] = raw[n];
+      }
+    } else {
+      for (int i = 0; i < 4; ++i) {
+        q4_pair(blk + i * row_bytes + kPayload, blk + (i + 4) * row_bytes + kPayload, &w[i],
+                &w[i + 4]);
+      }
+    }
+  }
+
+  ADAEAGLE_AVX2_INLINE __m256i dot(const int8_t* xq) const {
+    if constexpr (Type != kGgmlQ8_0) {
+      return dot_paired(w, w + 4, xq);
+    } else if constexpr (kGrouped) {
+      return dot_grouped(w, w_abs, xq);
+    } else {
+      return dot_reduced(w, xq);
+    }
+  }
+};
+
+// Outputs [m0, m0 + MT) x [n0, n0 + 8). kGrouped (Q8_0 only) regroups the decoded blocks,
+// which pays for itself from 8 input rows.
 template <int Type, int MT, bool kGrouped>
 ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
   constexpr int kBytes = Type == kGgmlQ8_0 ? 34 : Type == kGgmlQ4_1 ? 20 : 18;
-  constexpr int kPayload = Type == kGgmlQ4_1 ? 4 : 2;
   const int64_t row_bytes = a.out.row_bytes;
   const uint8_t* first = a.out.w + n0 * row_bytes;
-  const __m256i offsets = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                             _mm256_set1_epi32(static_cast<int>(row_bytes)));
   __m256 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
   const AheadPrefetch prefetch(a, m0, first);
@@ -182,29 +234,11 @@ ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
     prefetch.block(b);
     const uint8_t* blk = first + b * kBytes;
     __m256 dw, mw;
-    head_f16_pair(_mm256_i32gather_epi32(reinterpret_cast<const int*>(blk), offsets, 1), &dw,
-                  &mw);
-    __m256i w[kTileRows], g[kTileRows], g_abs[kTileRows];
-    for (int n = 0; n < kTileRows; ++n) {
-      const uint8_t* qs = blk + n * row_bytes + kPayload;
-      w[n] = Type == kGgmlQ8_0 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs))
-                               : q4_bytes(qs);
-    }
-    if constexpr (kGrouped) {
-      transpose8_epi32(w, g);
-      if constexpr (Type == kGgmlQ8_0) {
-        for (int i = 0; i < 8; ++i) g_abs[i] = _mm256_sign_epi8(g[i], g[i]);
-      }
-    }
+    head_f16_pair(block_heads(blk, row_bytes), &dw, &mw);
+    const DecodedBlocks<Type, kGrouped> decoded(blk, row_bytes);
     for (int m = 0; m < MT; ++m) {
       const int64_t at = (m0 + m) * a.act.blocks + b;
-      const int8_t* xq = a.act.q + at * 32;
-      __m256i dot;
-      if constexpr (kGrouped) {
-        dot = dot_grouped<Type>(g, g_abs, xq);
-      } else {
-        dot = dot_reduced<Type>(w, xq);
-      }
+      __m256i dot = decoded.dot(a.act.q + at * 32);
       if (Type == kGgmlQ4_0) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * a.act.sum[at]));
       const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.act.d[at]));
       acc[m] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(dot), acc[m]);
@@ -220,14 +254,15 @@ ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
 
 template <int Type>
 ADAEAGLE_AVX2 void rows_of_type(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
+  constexpr bool kQ8 = Type == kGgmlQ8_0;
   int64_t n0 = n_begin;
   for (; n0 + kTileRows <= n_end; n0 += kTileRows) {
     // Taller tiles decode each weight block for more input rows.
     int64_t m0 = 0;
-    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16, true>(a, m0, n0);
-    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8, true>(a, m0, n0);
+    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16, kQ8>(a, m0, n0);
+    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8, kQ8>(a, m0, n0);
     if (m0 + 4 <= a.out.m) {
-      tile<Type, 4, Type != kGgmlQ8_0>(a, m0, n0);
+      tile<Type, 4, false>(a, m0, n0);
       m0 += 4;
     }
     switch (a.out.m - m0) {
