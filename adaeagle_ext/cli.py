@@ -29,13 +29,16 @@ def add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--act-quant", type=int, default=0, choices=[0, 8],
+                   help="8: 8-bit activation blocks on the packed weights, as llama.cpp "
+                   "(faster, not the float model's numbers); default 0")
     p.set_defaults(run=run_generate)
 
 
 def run_generate(args) -> int:
     from adaeagle_ext.api import load
 
-    pipe = load(args.model, dtype=args.dtype, threads=args.threads)
+    pipe = load(args.model, dtype=args.dtype, threads=args.threads, act_quant=args.act_quant)
 
     def stream(_index: int, text: str) -> None:
         sys.stdout.write(text)

@@ -96,6 +96,26 @@ def test_cli_generate(capsys):
     assert "tokens/s" in err
 
 
+def test_cli_generate_act_quant(capsys, monkeypatch):
+    import adaeagle_ext.api
+    from adaeagle_ext.cli import main
+    from adaeagle_ext.drafters.eagle_head import packed_lm_head
+
+    seen = []
+    load = adaeagle_ext.api.load
+
+    def spy(*args, **kwargs):
+        pipe = load(*args, **kwargs)
+        seen.append((kwargs["act_quant"], packed_lm_head(pipe.model).act_quant))
+        return pipe
+
+    monkeypatch.setattr(adaeagle_ext.api, "load", spy)
+    assert main(["generate", "--prompt", "Hi!", "--max-new-tokens", "4", "--threads", "2",
+                 "--dtype", "bfloat16", "--act-quant", "8"]) == 0
+    assert seen == [(8, 8)]
+    assert "tokens/s" in capsys.readouterr().err
+
+
 def test_native_weights_match_dequantised(pipe, native):
     """Packed Q4_1/Q8_0 layers on ops.linear compute the same model as the dequantised
     float32 weights (up to the summation order)."""
