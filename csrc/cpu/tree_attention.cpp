@@ -37,6 +37,10 @@
 
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
+
 namespace adaeagle::cpu {
 namespace {
 
@@ -118,12 +122,25 @@ inline T from_float(float x) {
   return static_cast<T>(x);
 }
 
-// 8 consecutive elements of a K row in fp32.
-template <typename T>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// 8 bf16 values at p in fp32: a zero-extending load and a shift (the generic conversion below
+// assembles the 8 from two 128-bit halves, 5 instructions).
+__attribute__((target("avx2,fma"))) inline Vec8 load_bf16x8_avx2(const c10::BFloat16* p) {
+  const __m256i bits =
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return reinterpret_cast<Vec8>(_mm256_slli_epi32(bits, 16));
+}
+#endif
+
+// 8 consecutive elements of a K or V row in fp32.
+template <bool kAvx2, typename T>
 inline Vec8 load_row8(const T* p) {
   if constexpr (std::is_same_v<T, float>) {
     return load8(p);
   } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if constexpr (kAvx2) return load_bf16x8_avx2(p);
+#endif
     typedef uint16_t U16x8 __attribute__((vector_size(16)));
     U16x8 h;
     std::memcpy(&h, p, sizeof h);
@@ -138,32 +155,65 @@ inline Vec8 load_row8(const T* p) {
   }
 }
 
-// kt[d * ld + i] = rows[i][d] for 8 rows and d < D: 8 x 8 register transposes (unpack,
-// shuffle, 128-bit swap), exact copies.
-template <typename T, int D>
-inline void transpose_rows8(const T* const* rows, float* kt, int ld) {
-  for (int d0 = 0; d0 < D; d0 += kLanes) {
-    Vec8 r[kLanes], t[kLanes];
-    for (int i = 0; i < kLanes; ++i) r[i] = load_row8(rows[i] + d0);
-    for (int i = 0; i < kLanes; i += 2) {
-      t[i] = __builtin_shuffle(r[i], r[i + 1], Int8{0, 8, 1, 9, 4, 12, 5, 13});
-      t[i + 1] = __builtin_shuffle(r[i], r[i + 1], Int8{2, 10, 3, 11, 6, 14, 7, 15});
+// dst[0..D) = row[0..D) in fp32.
+template <bool kAvx2, typename T, int D>
+inline void convert_row(const T* row, float* dst) {
+  for (int d = 0; d < D; d += kLanes) store8(dst + d, load_row8<kAvx2>(row + d));
+}
+
+// out[j][i] = r[i][j] for an 8 x 8 block of 32-bit lanes (unpack, shuffle, 128-bit swap);
+// exact copies of the bits.
+inline void transpose8x8(Vec8* r, Vec8* out) {
+  Vec8 t[kLanes];
+  for (int i = 0; i < kLanes; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], Int8{0, 8, 1, 9, 4, 12, 5, 13});
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], Int8{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int i = 0; i < kLanes; i += 4) {
+    for (int j = 0; j < 2; ++j) {
+      r[i + j] = __builtin_shuffle(t[i + j], t[i + j + 2], Int8{0, 1, 8, 9, 4, 5, 12, 13});
+      r[i + j + 2] = __builtin_shuffle(t[i + j], t[i + j + 2], Int8{2, 3, 10, 11, 6, 7, 14, 15});
     }
-    for (int i = 0; i < kLanes; i += 4) {
-      for (int j = 0; j < 2; ++j) {
-        r[i + j] = __builtin_shuffle(t[i + j], t[i + j + 2], Int8{0, 1, 8, 9, 4, 5, 12, 13});
-        r[i + j + 2] =
-            __builtin_shuffle(t[i + j], t[i + j + 2], Int8{2, 3, 10, 11, 6, 7, 14, 15});
+  }
+  // r[s] (rows 0-3) and r[s + 4] (rows 4-7) now hold lanes j and j + 4 in their 128-bit
+  // halves, s = 0, 2, 1, 3 for j = 0..3.
+  for (int j = 0; j < 4; ++j) {
+    const int src = j == 0 ? 0 : j == 1 ? 2 : j == 2 ? 1 : 3;
+    out[j] = __builtin_shuffle(r[src], r[src + 4], Int8{0, 1, 2, 3, 8, 9, 10, 11});
+    out[j + 4] = __builtin_shuffle(r[src], r[src + 4], Int8{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
+// kt[d * ld + i] = rows[i][d] in fp32 for 8 rows and d < D, by register transposes. A bf16
+// row is transposed as 32-bit pairs of elements (d, d + 1), 16 dims per transpose, and each
+// pair then split into its two fp32 values (a shift and a mask): half the shuffles of
+// converting first.
+constexpr int32_t kHigh = static_cast<int32_t>(0xffff0000u);
+constexpr Int8 kHighHalves = {kHigh, kHigh, kHigh, kHigh, kHigh, kHigh, kHigh, kHigh};
+
+template <bool kAvx2, typename T, int D>
+inline void transpose_rows8(const T* const* rows, float* kt, int ld) {
+  Vec8 r[kLanes], out[kLanes];
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    for (int d0 = 0; d0 < D; d0 += 2 * kLanes) {
+      for (int i = 0; i < kLanes; ++i) r[i] = load8(reinterpret_cast<const float*>(rows[i] + d0));
+      transpose8x8(r, out);
+      for (int j = 0; j < kLanes; ++j) {
+        Int8 pair;
+        std::memcpy(&pair, &out[j], sizeof pair);
+        const Int8 even = pair << 16, odd = pair & kHighHalves;
+        Vec8 lo, hi;
+        std::memcpy(&lo, &even, sizeof lo);
+        std::memcpy(&hi, &odd, sizeof hi);
+        store8(kt + (d0 + 2 * j) * ld, lo);
+        store8(kt + (d0 + 2 * j + 1) * ld, hi);
       }
     }
-    // r[s] (rows 0-3) and r[s + 4] (rows 4-7) now hold dims d0 + j and d0 + j + 4 in their
-    // 128-bit halves, s = 0, 2, 1, 3 for j = 0..3.
-    for (int j = 0; j < 4; ++j) {
-      const int src = j == 0 ? 0 : j == 1 ? 2 : j == 2 ? 1 : 3;  // dims d0 + j, d0 + j + 4
-      store8(kt + (d0 + j) * ld,
-             __builtin_shuffle(r[src], r[src + 4], Int8{0, 1, 2, 3, 8, 9, 10, 11}));
-      store8(kt + (d0 + j + 4) * ld,
-             __builtin_shuffle(r[src], r[src + 4], Int8{4, 5, 6, 7, 12, 13, 14, 15}));
+  } else {
+    for (int d0 = 0; d0 < D; d0 += kLanes) {
+      for (int i = 0; i < kLanes; ++i) r[i] = load_row8<kAvx2>(rows[i] + d0);
+      transpose8x8(r, out);
+      for (int j = 0; j < kLanes; ++j) store8(kt + (d0 + j) * ld, out[j]);
     }
   }
 }
@@ -461,8 +511,8 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     for (int j = 0; j < tree; ++j) {
       const T* krow = kbase + static_cast<int64_t>(prefix + j) * row_stride;
       const T* vrow = vbase + static_cast<int64_t>(prefix + j) * row_stride;
-      for (int d = 0; d < D; ++d) ktree[j * D + d] = to_float(krow[d]);
-      for (int d = 0; d < D; ++d) vtree[j * D + d] = to_float(vrow[d]);
+      convert_row<kAvx2, T, D>(krow, ktree + j * D);
+      convert_row<kAvx2, T, D>(vrow, vtree + j * D);
     }
     const uint64_t tree_bits = tree >= 64 ? ~uint64_t{0} : (uint64_t{1} << tree) - 1;
     for (int t = 0; t < tree; ++t) {
@@ -509,7 +559,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
         for (int i = 0; i < kLanes; ++i) {
           krows[i] = kbase + static_cast<int64_t>(bs + c0 + i) * row_stride;
         }
-        transpose_rows8<T, D>(krows, kt + c0, kBlock);
+        transpose_rows8<kAvx2, T, D>(krows, kt + c0, kBlock);
       }
       for (int c = c0; c < c0 + kLanes; ++c) {
         if (c < key_lo || c >= key_hi) {
@@ -524,7 +574,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
         if constexpr (std::is_same_v<T, float>) {
           vrows[c] = vrow;
         } else {
-          for (int d = 0; d < D; ++d) vconv[c * D + d] = to_float(vrow[d]);
+          convert_row<kAvx2, T, D>(vrow, vconv + c * D);
           vrows[c] = vconv + c * D;
         }
       }
@@ -551,7 +601,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
             krows[i] = ktree + lane_node(c + i) * D;
             vrows[c + i] = vtree + lane_node(c + i) * D;
           }
-          transpose_rows8<float, D>(krows, kt + c, kBlock);
+          transpose_rows8<kAvx2, float, D>(krows, kt + c, kBlock);
           c += kLanes;
           continue;
         }
