@@ -220,10 +220,11 @@ struct DecodedBlocks {
   }
 };
 
-// Outputs [m0, m0 + MT) x [n0, n0 + 8). kGrouped (Q8_0 only) regroups the decoded blocks,
-// which pays for itself from 8 input rows.
-template <int Type, int MT, bool kGrouped>
+// Outputs [m0, m0 + MT) x [n0, n0 + 8). Q8_0 regroups the decoded blocks from 8 input rows
+// on, where that pays for itself.
+template <int Type, int MT>
 ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
+  constexpr bool kGrouped = Type == kGgmlQ8_0 && MT >= 8;
   constexpr int kBytes = Type == kGgmlQ8_0 ? 34 : Type == kGgmlQ4_1 ? 20 : 18;
   const int64_t row_bytes = a.out.row_bytes;
   const uint8_t* first = a.out.w + n0 * row_bytes;
@@ -254,21 +255,20 @@ ADAEAGLE_AVX2 void tile(const LinearQ8Args& a, int64_t m0, int64_t n0) {
 
 template <int Type>
 ADAEAGLE_AVX2 void rows_of_type(const LinearQ8Args& a, int64_t n_begin, int64_t n_end) {
-  constexpr bool kQ8 = Type == kGgmlQ8_0;
   int64_t n0 = n_begin;
   for (; n0 + kTileRows <= n_end; n0 += kTileRows) {
     // Taller tiles decode each weight block for more input rows.
     int64_t m0 = 0;
-    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16, kQ8>(a, m0, n0);
-    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8, kQ8>(a, m0, n0);
+    for (; m0 + 16 <= a.out.m; m0 += 16) tile<Type, 16>(a, m0, n0);
+    for (; m0 + 8 <= a.out.m; m0 += 8) tile<Type, 8>(a, m0, n0);
     if (m0 + 4 <= a.out.m) {
-      tile<Type, 4, false>(a, m0, n0);
+      tile<Type, 4>(a, m0, n0);
       m0 += 4;
     }
     switch (a.out.m - m0) {
-      case 3: tile<Type, 3, false>(a, m0, n0); break;
-      case 2: tile<Type, 2, false>(a, m0, n0); break;
-      case 1: tile<Type, 1, false>(a, m0, n0); break;
+      case 3: tile<Type, 3>(a, m0, n0); break;
+      case 2: tile<Type, 2>(a, m0, n0); break;
+      case 1: tile<Type, 1>(a, m0, n0); break;
       default: break;
     }
   }

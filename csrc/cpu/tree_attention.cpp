@@ -62,6 +62,12 @@ inline Vec8 load8(const float* p) {
 inline void store8(float* p, Vec8 v) {
   std::memcpy(p, &v, sizeof v);
 }
+// The fp32 values whose bits are v.
+inline Vec8 as_vec8(Int8 v) {
+  Vec8 f;
+  std::memcpy(&f, &v, sizeof f);
+  return f;
+}
 inline Vec8 splat8(float x) {
   return Vec8{x, x, x, x, x, x, x, x};
 }
@@ -106,9 +112,7 @@ inline Vec8 exp2_8(Vec8 x) {
   p = p * f + 2.4022650695910071e-01f;
   p = p * f + 6.9314718055994531e-01f;
   p = p * f + 1.0f;
-  const Int8 bits = (__builtin_convertvector(r, Int8) + 127) << 23;
-  Vec8 pow2n;
-  std::memcpy(&pow2n, &bits, sizeof pow2n);
+  const Vec8 pow2n = as_vec8((__builtin_convertvector(r, Int8) + 127) << 23);
   const Vec8 res = p * pow2n;
   return x < lo ? Vec8{} : res;
 }
@@ -144,10 +148,7 @@ inline Vec8 load_row8(const T* p) {
     typedef uint16_t U16x8 __attribute__((vector_size(16)));
     U16x8 h;
     std::memcpy(&h, p, sizeof h);
-    const Int8 bits = __builtin_convertvector(h, Int8) << 16;
-    Vec8 v;
-    std::memcpy(&v, &bits, sizeof v);
-    return v;
+    return as_vec8(__builtin_convertvector(h, Int8) << 16);
   } else {
     Vec8 v;
     for (int i = 0; i < kLanes; ++i) v[i] = to_float(p[i]);
@@ -245,12 +246,8 @@ inline void transpose_rows8(const T* const* rows, float* kt, int ld) {
         } else {
           Int8 pair;
           std::memcpy(&pair, &out[j], sizeof pair);
-          const Int8 even = pair << 16, odd = pair & kHighHalves;
-          Vec8 lo, hi;
-          std::memcpy(&lo, &even, sizeof lo);
-          std::memcpy(&hi, &odd, sizeof hi);
-          store8(kt + (d0 + 2 * j) * ld, lo);
-          store8(kt + (d0 + 2 * j + 1) * ld, hi);
+          store8(kt + (d0 + 2 * j) * ld, as_vec8(pair << 16));
+          store8(kt + (d0 + 2 * j + 1) * ld, as_vec8(pair & kHighHalves));
         }
       }
     }
