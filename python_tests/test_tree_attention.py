@@ -185,6 +185,31 @@ def test_batch_invariance_on_cpu(dtype):
 
 
 
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("size", [8, 9, 13, 24])
+def test_long_chains_equal_one_token_calls_on_cpu(dim, dtype, size):
+    """From 24 query rows (8 tokens x a GQA group of 3) the CPU kernel runs whole prefix blocks
+    with the rows in the vector lanes; one-token calls never do. Each row must still equal its
+    one-token call bit for bit: 24, 27, 39 and 72 rows (full tiles of 24 rows and remainders of
+    8 and 16), over a prefix of several key chunks."""
+    gen = torch.Generator().manual_seed(size * dim)
+    heads, hkv, prefix = 9, 3, 700
+    cache = torch.randn(1, 2, 1, prefix + size, hkv, dim, generator=gen).to(dtype)
+    q = torch.randn(size, heads, dim, generator=gen).to(dtype)
+    chain = torch.tensor([(1 << (i + 1)) - 1 for i in range(size)], dtype=torch.int64)
+    whole, lse = ops.tree_attention(q, cache, 0, i32([prefix]), i32([0, size]), chain,
+                                    return_lse=True)
+    want, want_lse = ref.tree_attention(q, cache, 0, i32([prefix]), i32([0, size]), chain,
+                                        dim ** -0.5)
+    check_close(whole, lse, want, want_lse, dtype)
+    for i in range(size):
+        one, one_lse = ops.tree_attention(q[i : i + 1], cache, 0, i32([prefix + i]),
+                                          i32([0, 1]), torch.ones(1, dtype=torch.int64),
+                                          return_lse=True)
+        assert torch.equal(one[0], whole[i]) and torch.equal(one_lse[0], lse[i]), i
+
+
 def root_to_node_paths(parents: list[int]) -> list[list[int]]:
     paths: list[list[int]] = []
     for node, parent in enumerate(parents):

@@ -6,7 +6,9 @@
 // local fp32 buffer, then walks its keys in blocks of kBlockFor<D>: the block's K rows are
 // transposed into fp32 once and scored against every query row (register tiles of 6 rows),
 // then each row does an online-softmax update and accumulates the block's V rows. Each K/V row
-// is read from the cache once per call.
+// is read from the cache once per call. From 24 query rows on, the AVX2 path runs the blocks of
+// prefix keys with the rows in the vector lanes instead (lanes_block: no K transpose, no
+// horizontal reductions), with the same arithmetic per row.
 //
 // Logical keys: a row of tree token t sees the prefix rows and its visible tree nodes
 // a_0 < a_1 < ... (root-to-node order for a tree). Keys are indexed logically, prefix + k being
@@ -291,6 +293,7 @@ struct ChunkedHead {
 
 struct Scratch {
   std::vector<float> q, o;
+  std::vector<float> qt, ot;          // [D][rows rounded up to 8]: q and o with rows in lanes
   std::vector<SoftmaxState> st;
   std::vector<uint64_t> all_visible;  // per row: every lane of a gathered block is visible
   std::vector<float> ktree, vtree;    // [T][D] the request's tree K and V rows in fp32
@@ -480,6 +483,154 @@ inline void block_rows(int begin, int end, const float* qs, const float* kt,
   for (; r < end; ++r) run_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+constexpr bool kHaveLanes = true;
+#else
+constexpr bool kHaveLanes = false;
+#endif
+constexpr int kLanesMinRows = 24;
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Query rows in lanes. From kLanesMinRows query rows on, the AVX2 path runs the blocks of
+// prefix keys with a task's rows in the vector lanes: queries transposed once per task
+// (qt [D][ld]), scores [key][row] with each key broadcast from its row as stored (no K
+// transpose), the softmax across registers (no horizontal max or sum per row) and the output
+// sum as ot [D][ld]. Each row's arithmetic is that of block_tile: the same FMA chains over d
+// and over keys, the same exp2, and the weights summed in softmax_block's lane order, then
+// in hsum8's sequence. So a row gets the same bits in either layout (the batch-invariance
+// tests compare a row alone, in the 3 x 4 tiles, with the same row in a long call).
+constexpr int kLanesTileVecs = 3;                      // row vectors per tile
+constexpr int kLanesScStride = kLanesTileVecs * kLanes;  // sc [key][24 rows]
+
+// One block of kBlock prefix keys (fp32 rows krows[c], vrows[c]) for rows [r0, r0 + 8 NV).
+template <int D, int NV>
+__attribute__((target("avx2,fma"), noinline)) void lanes_tile(
+    int r0, int ld, const float* qt, const float* const* krows, const float* const* vrows,
+    SoftmaxState* st, float* ot) {
+  constexpr int kBlock = kBlockFor<D>;
+  constexpr int kKeys = NV == 1 ? 8 : 4;  // keys (scores) or dims (output) per register tile
+  alignas(32) float sc[kBlock * kLanesScStride];
+  for (int c0 = 0; c0 < kBlock; c0 += kKeys) {
+    Vec8 acc[NV][kKeys] = {};
+    for (int d = 0; d < D; ++d) {
+      Vec8 q[NV];
+      for (int i = 0; i < NV; ++i) q[i] = load8(qt + d * ld + r0 + i * kLanes);
+      for (int j = 0; j < kKeys; ++j) {
+        const Vec8 k = bcast8<true>(krows[c0 + j] + d);
+        for (int i = 0; i < NV; ++i) acc[i][j] += q[i] * k;
+      }
+    }
+    for (int j = 0; j < kKeys; ++j) {
+      for (int i = 0; i < NV; ++i) store8(sc + (c0 + j) * kLanesScStride + i * kLanes, acc[i][j]);
+    }
+  }
+  Vec8 alpha[NV];
+  for (int i = 0; i < NV; ++i) {
+    Vec8 mx = load8(sc + i * kLanes);
+    for (int c = 1; c < kBlock; ++c) {
+      const Vec8 s = load8(sc + c * kLanesScStride + i * kLanes);
+      mx = mx > s ? mx : s;
+    }
+    // softmax_block per lane: the state update in scalar code, a row without a visible key
+    // (max -inf) keeps its state and gets zero weights
+    alignas(32) float m[kLanes], a[kLanes];
+    Int8 dead = {};
+    for (int lane = 0; lane < kLanes; ++lane) {
+      SoftmaxState* row = &st[r0 + i * kLanes + lane];
+      if (mx[lane] == attn_neg_inf()) {
+        dead[lane] = -1;
+        a[lane] = 1.0f;
+        m[lane] = 0.0f;
+      } else {
+        a[lane] = softmax_state_raise(row, mx[lane]);
+        m[lane] = row->m;
+      }
+    }
+    alpha[i] = load8(a);
+    const Vec8 mv = load8(m);
+    Vec8 part[kLanes] = {};  // part[j]: keys j, j + 8, ... in order, as softmax_block's lane j
+    const bool any_dead = !_mm256_testz_si256(reinterpret_cast<__m256i>(dead),
+                                              reinterpret_cast<__m256i>(dead));
+    for (int c0 = 0; c0 < kBlock; c0 += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        float* s = sc + (c0 + j) * kLanesScStride + i * kLanes;
+        Vec8 w = exp2_8(load8(s) - mv);
+        if (any_dead) w = dead ? Vec8{} : w;
+        store8(s, w);
+        part[j] += w;
+      }
+    }
+    Vec8 sum = part[0];
+    for (int j = 1; j < kLanes; ++j) sum += part[j];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      if (!dead[lane]) st[r0 + i * kLanes + lane].l += sum[lane];
+    }
+  }
+  for (int d0 = 0; d0 < D; d0 += kKeys) {
+    Vec8 acc[NV][kKeys];
+    for (int j = 0; j < kKeys; ++j) {
+      for (int i = 0; i < NV; ++i) {
+        acc[i][j] = load8(ot + (d0 + j) * ld + r0 + i * kLanes) * alpha[i];
+      }
+    }
+    for (int c = 0; c < kBlock; ++c) {
+      Vec8 w[NV];
+      for (int i = 0; i < NV; ++i) w[i] = load8(sc + c * kLanesScStride + i * kLanes);
+      for (int j = 0; j < kKeys; ++j) {
+        const Vec8 v = bcast8<true>(vrows[c] + d0 + j);
+        for (int i = 0; i < NV; ++i) acc[i][j] += w[i] * v;
+      }
+    }
+    for (int j = 0; j < kKeys; ++j) {
+      for (int i = 0; i < NV; ++i) store8(ot + (d0 + j) * ld + r0 + i * kLanes, acc[i][j]);
+    }
+  }
+}
+
+// qt [D][ld] = qs [rows][D] transposed, the rows from `rows` to ld zero.
+template <int D>
+__attribute__((target("avx2,fma"), noinline)) void lanes_transpose_in(const float* qs, int rows,
+                                                                     int ld, float* qt) {
+  alignas(32) static const float zeros[D] = {};
+  for (int r0 = 0; r0 < ld; r0 += kLanes) {
+    const float* src[kLanes];
+    for (int i = 0; i < kLanes; ++i) src[i] = r0 + i < rows ? qs + (r0 + i) * D : zeros;
+    for (int d0 = 0; d0 < D; d0 += kLanes) {
+      Vec8 t[kLanes];
+      load_transposed8<true>(src, d0, t);
+      for (int j = 0; j < kLanes; ++j) store8(qt + (d0 + j) * ld + r0, t[j]);
+    }
+  }
+}
+
+// o [rows][D] = ot [D][ld] transposed (the padding rows dropped).
+template <int D>
+__attribute__((target("avx2,fma"), noinline)) void lanes_transpose_out(const float* ot, int rows,
+                                                                      int ld, float* o) {
+  for (int d0 = 0; d0 < D; d0 += kLanes) {
+    const float* src[kLanes];
+    for (int i = 0; i < kLanes; ++i) src[i] = ot + (d0 + i) * ld;
+    for (int r0 = 0; r0 < ld; r0 += kLanes) {
+      Vec8 t[kLanes];
+      load_transposed8<true>(src, r0, t);
+      for (int j = 0; j < kLanes && r0 + j < rows; ++j) store8(o + (r0 + j) * D + d0, t[j]);
+    }
+  }
+}
+
+// One block of prefix keys for all ld rows (a multiple of 8).
+template <int D>
+void lanes_block(int ld, const float* qt, const float* const* krows, const float* const* vrows,
+                 SoftmaxState* st, float* ot) {
+  int r0 = 0;
+  for (; r0 + kLanesScStride <= ld; r0 += kLanesScStride) {
+    lanes_tile<D, 3>(r0, ld, qt, krows, vrows, st, ot);
+  }
+  if (ld - r0 == 2 * kLanes) lanes_tile<D, 2>(r0, ld, qt, krows, vrows, st, ot);
+  if (ld - r0 == kLanes) lanes_tile<D, 1>(r0, ld, qt, krows, vrows, st, ot);
+}
+#endif
+
 // Writes row r (tree token r / group, head g * group + r % group) of request b from its output
 // sum o [dim] and softmax state.
 template <typename T>
@@ -507,9 +658,12 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     s.q.resize(static_cast<size_t>(rows) * D);
     s.o.resize(static_cast<size_t>(rows) * D);
   }
-  if (s.st.size() < static_cast<size_t>(rows)) {
-    s.st.resize(rows);
-    s.all_visible.assign(rows, ~uint64_t{0});
+  // rows with their lanes (lanes_block): ld rows, the last up to 7 of them padding
+  bool in_lanes = kHaveLanes && kAvx2 && rows >= kLanesMinRows;
+  const int ld = (rows + kLanes - 1) / kLanes * kLanes;
+  if (s.st.size() < static_cast<size_t>(ld)) {
+    s.st.resize(ld);
+    s.all_visible.assign(ld, ~uint64_t{0});
   }
   float* qs = s.q.data();
   float* o = s.o.data();
@@ -525,6 +679,24 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     st[r] = softmax_state_empty();
   }
   std::memset(o, 0, sizeof(float) * rows * D);
+  float* qt = nullptr;
+  float* ot = nullptr;
+  if (in_lanes) {
+    if (s.qt.size() < static_cast<size_t>(ld) * D) {
+      s.qt.resize(static_cast<size_t>(ld) * D);
+      s.ot.resize(static_cast<size_t>(ld) * D);
+    }
+    qt = s.qt.data();
+    ot = s.ot.data();
+    lanes_transpose_in<D>(qs, rows, ld, qt);
+    std::memset(ot, 0, sizeof(float) * ld * D);
+    for (int r = rows; r < ld; ++r) st[r] = softmax_state_empty();
+  }
+  // Back to rows in memory (o [rows][D]) for the blocks lanes_block does not take.
+  auto leave_lanes = [&] {
+    lanes_transpose_out<D>(ot, rows, ld, o);
+    in_lanes = false;
+  };
 
   constexpr int kBlock = kBlockFor<D>;
   const int64_t row_stride = sh.hkv * D;
@@ -592,6 +764,29 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     blk.prefix_len = prefix;
     blk.needs_mask = blk.first > 0 || blk.last < kBlock;
     blk.cols = scored_cols(blk.last, kBlock);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (in_lanes) {
+      if (!blk.needs_mask && bs + kBlock <= prefix) {
+        const float* krows[kBlock];
+        for (int c = 0; c < kBlock; ++c) {
+          const T* krow = kbase + static_cast<int64_t>(bs + c) * row_stride;
+          const T* vrow = vbase + static_cast<int64_t>(bs + c) * row_stride;
+          if constexpr (std::is_same_v<T, float>) {
+            krows[c] = krow;
+            vrows[c] = vrow;
+          } else {
+            convert_row<kAvx2, T, D>(krow, kt + c * D);
+            convert_row<kAvx2, T, D>(vrow, vconv + c * D);
+            krows[c] = kt + c * D;
+            vrows[c] = vconv + c * D;
+          }
+        }
+        lanes_block<D>(ld, qt, krows, vrows, st, ot);
+        continue;
+      }
+      leave_lanes();
+    }
+#endif
     // The task's prefix keys, lanes [key_lo, key_hi): K transposed into kt (8 lanes at once
     // where all 8 are keys), V rows pointed at or converted. Tree lanes are filled per token.
     const int key_lo = blk.first, key_hi = std::min(blk.last, prefix - bs);
@@ -657,6 +852,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     }
   }
 
+  if (in_lanes) leave_lanes();
   if (task.partial < 0) {
     for (int r = 0; r < rows; ++r) write_row(p, task.b, task.g, r, D, o + r * D, st[r]);
     return;
