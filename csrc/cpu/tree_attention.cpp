@@ -387,10 +387,11 @@ inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, Softm
 }
 
 // o [R][D] = o * alpha[r] + w [R][kBlock] x V, over the block's lanes [first, last) whose V rows
-// are vrows[c]. Masked keys have weight 0 and add exact zeros.
-template <bool kAvx2, int D, int R>
+// are vrows[c] (fp32, or bf16 converted as loaded). Masked keys have weight 0 and add exact
+// zeros.
+template <bool kAvx2, int D, int R, typename VT>
 inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys& blk,
-                            const float* const* vrows, float* o) {
+                            const VT* const* vrows, float* o) {
   constexpr int kBlock = kBlockFor<D>;
   constexpr int V = kTileVecs<R>;
   for (int col = 0; col < D; col += V * kLanes) {
@@ -401,8 +402,8 @@ inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys&
     for (int c = blk.first; c < blk.last; ++c) {
       // (V == 2 spelled out: the generic loop made GCC spill accumulators of the 6 x 2 tile.)
       if constexpr (V == 2) {
-        const Vec8 v0 = load8(vrows[c] + col);
-        const Vec8 v1 = load8(vrows[c] + col + kLanes);
+        const Vec8 v0 = load_row8<kAvx2>(vrows[c] + col);
+        const Vec8 v1 = load_row8<kAvx2>(vrows[c] + col + kLanes);
         for (int r = 0; r < R; ++r) {
           const Vec8 x = bcast8<kAvx2>(w + r * kBlock + c);
           acc[r][0] += x * v0;
@@ -410,7 +411,7 @@ inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys&
         }
       } else {
         Vec8 vv[V];
-        for (int v = 0; v < V; ++v) vv[v] = load8(vrows[c] + col + v * kLanes);
+        for (int v = 0; v < V; ++v) vv[v] = load_row8<kAvx2>(vrows[c] + col + v * kLanes);
         for (int r = 0; r < R; ++r) {
           const Vec8 x = bcast8<kAvx2>(w + r * kBlock + c);
           for (int v = 0; v < V; ++v) acc[r][v] += x * vv[v];
@@ -424,63 +425,64 @@ inline void accumulate_tile(const float* w, const float* alpha, const BlockKeys&
 }
 
 // One key block for query rows [row, row + R).
-template <bool kAvx2, int D, int R>
+template <bool kAvx2, int D, int R, typename VT>
 inline void block_tile(int row, const float* qs, const float* kt, const BlockKeys& blk,
-                       const float* const* vrows, const uint64_t* bits, SoftmaxState* st,
+                       const VT* const* vrows, const uint64_t* bits, SoftmaxState* st,
                        float* o) {
   constexpr int kBlock = kBlockFor<D>;
   alignas(32) float sc[R * kBlock];
   float alpha[R];
+  if (blk.cols <= 0) return;  // never taken (a block holds a key); lets GCC see sc set
   score_tile<kAvx2, D, R>(qs + row * D, kt, blk.cols, sc);
   for (int r = 0; r < R; ++r) {
     alpha[r] = softmax_block<kBlock>(sc + r * kBlock, blk, bits[row + r], &st[row + r]);
   }
-  accumulate_tile<kAvx2, D, R>(sc, alpha, blk, vrows, o + row * D);
+  accumulate_tile<kAvx2, D, R, VT>(sc, alpha, blk, vrows, o + row * D);
 }
 
 // A tile as a call of its own on the AVX2 path: inlined into the task loop, GCC kept
 // loop-invariant vectors of the surrounding code in registers and spilled the 6 x 2 tile's
 // accumulators.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-template <int D, int R>
+template <int D, int R, typename VT>
 __attribute__((target("avx2,fma"), flatten, noinline)) void block_tile_avx2(
-    int row, const float* qs, const float* kt, const BlockKeys& blk, const float* const* vrows,
+    int row, const float* qs, const float* kt, const BlockKeys& blk, const VT* const* vrows,
     const uint64_t* bits, SoftmaxState* st, float* o) {
-  block_tile<true, D, R>(row, qs, kt, blk, vrows, bits, st, o);
+  block_tile<true, D, R, VT>(row, qs, kt, blk, vrows, bits, st, o);
 }
 #endif
 
-template <bool kAvx2, int D, int R>
+template <bool kAvx2, int D, int R, typename VT>
 inline void run_tile(int row, const float* qs, const float* kt, const BlockKeys& blk,
-                     const float* const* vrows, const uint64_t* bits, SoftmaxState* st,
+                     const VT* const* vrows, const uint64_t* bits, SoftmaxState* st,
                      float* o) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   if constexpr (kAvx2) {
-    block_tile_avx2<D, R>(row, qs, kt, blk, vrows, bits, st, o);
+    block_tile_avx2<D, R, VT>(row, qs, kt, blk, vrows, bits, st, o);
   } else {
-    block_tile<false, D, R>(row, qs, kt, blk, vrows, bits, st, o);
+    block_tile<false, D, R, VT>(row, qs, kt, blk, vrows, bits, st, o);
   }
 #else
-  block_tile<false, D, R>(row, qs, kt, blk, vrows, bits, st, o);
+  block_tile<false, D, R, VT>(row, qs, kt, blk, vrows, bits, st, o);
 #endif
 }
 
 // One key block for query rows [begin, end), in register tiles. Tiles do not change a row's
 // arithmetic, only how many rows share the loads.
-template <bool kAvx2, int D>
+template <bool kAvx2, int D, typename VT>
 inline void block_rows(int begin, int end, const float* qs, const float* kt,
-                       const BlockKeys& blk, const float* const* vrows, const uint64_t* bits,
+                       const BlockKeys& blk, const VT* const* vrows, const uint64_t* bits,
                        SoftmaxState* st, float* o) {
   int r = begin;
   for (; r + kTileRows <= end; r += kTileRows) {
-    run_tile<kAvx2, D, kTileRows>(r, qs, kt, blk, vrows, bits, st, o);
+    run_tile<kAvx2, D, kTileRows, VT>(r, qs, kt, blk, vrows, bits, st, o);
   }
   if (r + 3 <= end) {
-    run_tile<kAvx2, D, 3>(r, qs, kt, blk, vrows, bits, st, o);
+    run_tile<kAvx2, D, 3, VT>(r, qs, kt, blk, vrows, bits, st, o);
     r += 3;
   }
-  for (; r + 2 <= end; r += 2) run_tile<kAvx2, D, 2>(r, qs, kt, blk, vrows, bits, st, o);
-  for (; r < end; ++r) run_tile<kAvx2, D, 1>(r, qs, kt, blk, vrows, bits, st, o);
+  for (; r + 2 <= end; r += 2) run_tile<kAvx2, D, 2, VT>(r, qs, kt, blk, vrows, bits, st, o);
+  for (; r < end; ++r) run_tile<kAvx2, D, 1, VT>(r, qs, kt, blk, vrows, bits, st, o);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -745,6 +747,11 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   std::memset(kt, 0, sizeof kt);
   alignas(32) float vconv[kBlock * D];
   const float* vrows[kBlock];
+  // bf16 V rows of prefix-only blocks are read from the cache and converted as loaded when the
+  // rows fit one register tile; more tiles would convert them once each.
+  constexpr bool kDirectType = std::is_same_v<T, c10::BFloat16>;
+  const bool direct_v = kDirectType && rows <= kTileRows;
+  const T* vrows_direct[kBlock];
   for (int bs = task.lo - task.lo % kBlock; bs < task.hi; bs += kBlock) {
     // The next block's K/V rows, strided by the other heads' rows, are fetched while this one
     // is computed (a decode step finds them in DRAM or L3, not L2).
@@ -790,6 +797,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     // The task's prefix keys, lanes [key_lo, key_hi): K transposed into kt (8 lanes at once
     // where all 8 are keys), V rows pointed at or converted. Tree lanes are filled per token.
     const int key_lo = blk.first, key_hi = std::min(blk.last, prefix - bs);
+    const bool prefix_only = bs + blk.last <= prefix;
     for (int c0 = 0; c0 < kBlock; c0 += kLanes) {
       const bool whole = c0 >= key_lo && c0 + kLanes <= key_hi;
       if (whole) {
@@ -802,6 +810,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       for (int c = c0; c < c0 + kLanes; ++c) {
         if (c < key_lo || c >= key_hi) {
           vrows[c] = nullptr;
+          vrows_direct[c] = nullptr;
           continue;
         }
         if (!whole) {
@@ -812,13 +821,23 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
         if constexpr (std::is_same_v<T, float>) {
           vrows[c] = vrow;
         } else {
+          if (direct_v && prefix_only) {
+            vrows_direct[c] = vrow;
+            continue;
+          }
           convert_row<kAvx2, T, D>(vrow, vconv + c * D);
           vrows[c] = vconv + c * D;
         }
       }
     }
-    if (bs + blk.last <= prefix) {  // prefix keys only: shared by every row
-      block_rows<kAvx2, D>(0, rows, qs, kt, blk, vrows, all_visible, st, o);
+    if (prefix_only) {  // shared by every row
+      if constexpr (kDirectType) {
+        if (direct_v) {
+          block_rows<kAvx2, D, T>(0, rows, qs, kt, blk, vrows_direct, all_visible, st, o);
+          continue;
+        }
+      }
+      block_rows<kAvx2, D, float>(0, rows, qs, kt, blk, vrows, all_visible, st, o);
       continue;
     }
     // Lanes from tree_lane on hold logical tree keys: gathered per token from its ancestors;
@@ -848,7 +867,8 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
         vrows[c] = vtree + lane_node(c) * D;
         ++c;
       }
-      block_rows<kAvx2, D>(t * group, (t + 1) * group, qs, kt, tb, vrows, all_visible, st, o);
+      block_rows<kAvx2, D, float>(t * group, (t + 1) * group, qs, kt, tb, vrows, all_visible, st,
+                                  o);
     }
   }
 
