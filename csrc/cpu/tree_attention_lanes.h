@@ -1,0 +1,157 @@
+// tree_attention's CPU layout for long calls: the query rows of a task in the vector lanes
+// (see lanes_tile). AVX2 only; tree_attention.cpp picks it by row count.
+#pragma once
+
+#include "adaeagle/tree_attention.h"
+#include "cpu/attn_vec8.h"
+
+namespace adaeagle::cpu::attn {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+constexpr bool kHaveLanes = true;
+#else
+constexpr bool kHaveLanes = false;
+#endif
+constexpr int kLanesMinRows = 24;
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// Query rows in lanes. From kLanesMinRows query rows on, the AVX2 path runs the blocks of
+// prefix keys with a task's rows in the vector lanes: queries transposed once per task
+// (qt [D][ld]), scores [key][row] with each key broadcast from its row as stored (no K
+// transpose), the softmax across registers (no horizontal max or sum per row) and the output
+// sum as ot [D][ld]. Each row's arithmetic is that of block_tile: the same FMA chains over d
+// and over keys, the same exp2, and the weights summed in softmax_block's lane order, then
+// in hsum8's sequence. So a row gets the same bits in either layout (the batch-invariance
+// tests compare a row alone, in the 3 x 4 tiles, with the same row in a long call).
+constexpr int kLanesTileVecs = 3;                      // row vectors per tile
+constexpr int kLanesScStride = kLanesTileVecs * kLanes;  // sc [key][24 rows]
+
+// One block of kBlock prefix keys (fp32 rows krows[c], vrows[c]) for rows [r0, r0 + 8 NV).
+template <int D, int kBlock, int NV>
+__attribute__((target("avx2,fma"), noinline)) void lanes_tile(
+    int r0, int ld, const float* qt, const float* const* krows, const float* const* vrows,
+    SoftmaxState* st, float* ot) {
+  constexpr int kKeys = NV == 1 ? 8 : 4;  // keys (scores) or dims (output) per register tile
+  alignas(32) float sc[kBlock * kLanesScStride];
+  for (int c0 = 0; c0 < kBlock; c0 += kKeys) {
+    Vec8 acc[NV][kKeys] = {};
+    for (int d = 0; d < D; ++d) {
+      Vec8 q[NV];
+      for (int i = 0; i < NV; ++i) q[i] = load8(qt + d * ld + r0 + i * kLanes);
+      for (int j = 0; j < kKeys; ++j) {
+        const Vec8 k = bcast8<true>(krows[c0 + j] + d);
+        for (int i = 0; i < NV; ++i) acc[i][j] += q[i] * k;
+      }
+    }
+    for (int j = 0; j < kKeys; ++j) {
+      for (int i = 0; i < NV; ++i) store8(sc + (c0 + j) * kLanesScStride + i * kLanes, acc[i][j]);
+    }
+  }
+  Vec8 alpha[NV];
+  for (int i = 0; i < NV; ++i) {
+    Vec8 mx = load8(sc + i * kLanes);
+    for (int c = 1; c < kBlock; ++c) {
+      const Vec8 s = load8(sc + c * kLanesScStride + i * kLanes);
+      mx = mx > s ? mx : s;
+    }
+    // softmax_block per lane: the state update in scalar code, a row without a visible key
+    // (max -inf) keeps its state and gets zero weights
+    alignas(32) float m[kLanes], a[kLanes];
+    Int8 dead = {};
+    for (int lane = 0; lane < kLanes; ++lane) {
+      SoftmaxState* row = &st[r0 + i * kLanes + lane];
+      if (mx[lane] == attn_neg_inf()) {
+        dead[lane] = -1;
+        a[lane] = 1.0f;
+        m[lane] = 0.0f;
+      } else {
+        a[lane] = softmax_state_raise(row, mx[lane]);
+        m[lane] = row->m;
+      }
+    }
+    alpha[i] = load8(a);
+    const Vec8 mv = load8(m);
+    Vec8 part[kLanes] = {};  // part[j]: keys j, j + 8, ... in order, as softmax_block's lane j
+    const bool any_dead = !_mm256_testz_si256(reinterpret_cast<__m256i>(dead),
+                                              reinterpret_cast<__m256i>(dead));
+    for (int c0 = 0; c0 < kBlock; c0 += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        float* s = sc + (c0 + j) * kLanesScStride + i * kLanes;
+        Vec8 w = exp2_8(load8(s) - mv);
+        if (any_dead) w = dead ? Vec8{} : w;
+        store8(s, w);
+        part[j] += w;
+      }
+    }
+    Vec8 sum = part[0];
+    for (int j = 1; j < kLanes; ++j) sum += part[j];
+    for (int lane = 0; lane < kLanes; ++lane) {
+      if (!dead[lane]) st[r0 + i * kLanes + lane].l += sum[lane];
+    }
+  }
+  for (int d0 = 0; d0 < D; d0 += kKeys) {
+    Vec8 acc[NV][kKeys];
+    for (int j = 0; j < kKeys; ++j) {
+      for (int i = 0; i < NV; ++i) {
+        acc[i][j] = load8(ot + (d0 + j) * ld + r0 + i * kLanes) * alpha[i];
+      }
+    }
+    for (int c = 0; c < kBlock; ++c) {
+      Vec8 w[NV];
+      for (int i = 0; i < NV; ++i) w[i] = load8(sc + c * kLanesScStride + i * kLanes);
+      for (int j = 0; j < kKeys; ++j) {
+        const Vec8 v = bcast8<true>(vrows[c] + d0 + j);
+        for (int i = 0; i < NV; ++i) acc[i][j] += w[i] * v;
+      }
+    }
+    for (int j = 0; j < kKeys; ++j) {
+      for (int i = 0; i < NV; ++i) store8(ot + (d0 + j) * ld + r0 + i * kLanes, acc[i][j]);
+    }
+  }
+}
+
+// qt [D][ld] = qs [rows][D] transposed, the rows from `rows` to ld zero.
+template <int D>
+__attribute__((target("avx2,fma"), noinline)) void lanes_transpose_in(const float* qs, int rows,
+                                                                     int ld, float* qt) {
+  alignas(32) static const float zeros[D] = {};
+  for (int r0 = 0; r0 < ld; r0 += kLanes) {
+    const float* src[kLanes];
+    for (int i = 0; i < kLanes; ++i) src[i] = r0 + i < rows ? qs + (r0 + i) * D : zeros;
+    for (int d0 = 0; d0 < D; d0 += kLanes) {
+      Vec8 t[kLanes];
+      load_transposed8<true>(src, d0, t);
+      for (int j = 0; j < kLanes; ++j) store8(qt + (d0 + j) * ld + r0, t[j]);
+    }
+  }
+}
+
+// o [rows][D] = ot [D][ld] transposed (the padding rows dropped).
+template <int D>
+__attribute__((target("avx2,fma"), noinline)) void lanes_transpose_out(const float* ot, int rows,
+                                                                      int ld, float* o) {
+  for (int d0 = 0; d0 < D; d0 += kLanes) {
+    const float* src[kLanes];
+    for (int i = 0; i < kLanes; ++i) src[i] = ot + (d0 + i) * ld;
+    for (int r0 = 0; r0 < ld; r0 += kLanes) {
+      Vec8 t[kLanes];
+      load_transposed8<true>(src, r0, t);
+      for (int j = 0; j < kLanes && r0 + j < rows; ++j) store8(o + (r0 + j) * D + d0, t[j]);
+    }
+  }
+}
+
+// One block of kBlock prefix keys for all ld rows (a multiple of 8).
+template <int D, int kBlock>
+void lanes_block(int ld, const float* qt, const float* const* krows, const float* const* vrows,
+                 SoftmaxState* st, float* ot) {
+  int r0 = 0;
+  for (; r0 + kLanesScStride <= ld; r0 += kLanesScStride) {
+    lanes_tile<D, kBlock, 3>(r0, ld, qt, krows, vrows, st, ot);
+  }
+  if (ld - r0 == 2 * kLanes) lanes_tile<D, kBlock, 2>(r0, ld, qt, krows, vrows, st, ot);
+  if (ld - r0 == kLanes) lanes_tile<D, kBlock, 1>(r0, ld, qt, krows, vrows, st, ot);
+}
+#endif
+
+}  // namespace adaeagle::cpu::attn
