@@ -278,7 +278,6 @@ inline void block_rows(int begin, int end, const float* qs, const float* kt,
   for (; r < end; ++r) run_tile<kAvx2, D, 1, VT>(r, qs, kt, blk, vrows, bits, st, o);
 }
 
-
 // Writes row r (tree token r / group, head g * group + r % group) of request b from its output
 // sum o [dim] and softmax state.
 template <typename T>
@@ -417,7 +416,6 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     blk.prefix_len = prefix;
     blk.needs_mask = blk.first > 0 || blk.last < kBlock;
     blk.cols = scored_cols(blk.last, kBlock);
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     if (in_lanes) {
       if (!blk.needs_mask && bs + kBlock <= prefix) {
         const float* krows[kBlock];
@@ -439,7 +437,6 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       }
       leave_lanes();
     }
-#endif
     // The task's prefix keys, lanes [key_lo, key_hi): K transposed into kt (8 lanes at once
     // where all 8 are keys), V rows pointed at or converted. Tree lanes are filled per token.
     const int key_lo = blk.first, key_hi = std::min(blk.last, prefix - bs);

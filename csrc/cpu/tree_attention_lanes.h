@@ -7,14 +7,16 @@
 
 namespace adaeagle::cpu::attn {
 
+// The layout pays only with AVX2's broadcasts and FMAs; elsewhere it compiles but is not used.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 constexpr bool kHaveLanes = true;
+#define ADAEAGLE_LANES_FN __attribute__((target("avx2,fma"), noinline))
 #else
 constexpr bool kHaveLanes = false;
+#define ADAEAGLE_LANES_FN
 #endif
 constexpr int kLanesMinRows = 24;
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // Query rows in lanes. From kLanesMinRows query rows on, the AVX2 path runs the blocks of
 // prefix keys with a task's rows in the vector lanes: queries transposed once per task
 // (qt [D][ld]), scores [key][row] with each key broadcast from its row as stored (no K
@@ -28,7 +30,7 @@ constexpr int kLanesScStride = kLanesTileVecs * kLanes;  // sc [key][24 rows]
 
 // One block of kBlock prefix keys (fp32 rows krows[c], vrows[c]) for rows [r0, r0 + 8 NV).
 template <int D, int kBlock, int NV>
-__attribute__((target("avx2,fma"), noinline)) void lanes_tile(
+ADAEAGLE_LANES_FN void lanes_tile(
     int r0, int ld, const float* qt, const float* const* krows, const float* const* vrows,
     SoftmaxState* st, float* ot) {
   constexpr int kKeys = NV == 1 ? 8 : 4;  // keys (scores) or dims (output) per register tile
@@ -39,7 +41,7 @@ __attribute__((target("avx2,fma"), noinline)) void lanes_tile(
       Vec8 q[NV];
       for (int i = 0; i < NV; ++i) q[i] = load8(qt + d * ld + r0 + i * kLanes);
       for (int j = 0; j < kKeys; ++j) {
-        const Vec8 k = bcast8<true>(krows[c0 + j] + d);
+        const Vec8 k = bcast8<kHaveLanes>(krows[c0 + j] + d);
         for (int i = 0; i < NV; ++i) acc[i][j] += q[i] * k;
       }
     }
@@ -58,10 +60,12 @@ __attribute__((target("avx2,fma"), noinline)) void lanes_tile(
     // (max -inf) keeps its state and gets zero weights
     alignas(32) float m[kLanes], a[kLanes];
     Int8 dead = {};
+    bool any_dead = false;
     for (int lane = 0; lane < kLanes; ++lane) {
       SoftmaxState* row = &st[r0 + i * kLanes + lane];
       if (mx[lane] == attn_neg_inf()) {
         dead[lane] = -1;
+        any_dead = true;
         a[lane] = 1.0f;
         m[lane] = 0.0f;
       } else {
@@ -72,8 +76,6 @@ __attribute__((target("avx2,fma"), noinline)) void lanes_tile(
     alpha[i] = load8(a);
     const Vec8 mv = load8(m);
     Vec8 part[kLanes] = {};  // part[j]: keys j, j + 8, ... in order, as softmax_block's lane j
-    const bool any_dead = !_mm256_testz_si256(reinterpret_cast<__m256i>(dead),
-                                              reinterpret_cast<__m256i>(dead));
     for (int c0 = 0; c0 < kBlock; c0 += kLanes) {
       for (int j = 0; j < kLanes; ++j) {
         float* s = sc + (c0 + j) * kLanesScStride + i * kLanes;
@@ -100,7 +102,7 @@ __attribute__((target("avx2,fma"), noinline)) void lanes_tile(
       Vec8 w[NV];
       for (int i = 0; i < NV; ++i) w[i] = load8(sc + c * kLanesScStride + i * kLanes);
       for (int j = 0; j < kKeys; ++j) {
-        const Vec8 v = bcast8<true>(vrows[c] + d0 + j);
+        const Vec8 v = bcast8<kHaveLanes>(vrows[c] + d0 + j);
         for (int i = 0; i < NV; ++i) acc[i][j] += w[i] * v;
       }
     }
@@ -112,15 +114,14 @@ __attribute__((target("avx2,fma"), noinline)) void lanes_tile(
 
 // qt [D][ld] = qs [rows][D] transposed, the rows from `rows` to ld zero.
 template <int D>
-__attribute__((target("avx2,fma"), noinline)) void lanes_transpose_in(const float* qs, int rows,
-                                                                     int ld, float* qt) {
+ADAEAGLE_LANES_FN void lanes_transpose_in(const float* qs, int rows, int ld, float* qt) {
   alignas(32) static const float zeros[D] = {};
   for (int r0 = 0; r0 < ld; r0 += kLanes) {
     const float* src[kLanes];
     for (int i = 0; i < kLanes; ++i) src[i] = r0 + i < rows ? qs + (r0 + i) * D : zeros;
     for (int d0 = 0; d0 < D; d0 += kLanes) {
       Vec8 t[kLanes];
-      load_transposed8<true>(src, d0, t);
+      load_transposed8<kHaveLanes>(src, d0, t);
       for (int j = 0; j < kLanes; ++j) store8(qt + (d0 + j) * ld + r0, t[j]);
     }
   }
@@ -128,14 +129,13 @@ __attribute__((target("avx2,fma"), noinline)) void lanes_transpose_in(const floa
 
 // o [rows][D] = ot [D][ld] transposed (the padding rows dropped).
 template <int D>
-__attribute__((target("avx2,fma"), noinline)) void lanes_transpose_out(const float* ot, int rows,
-                                                                      int ld, float* o) {
+ADAEAGLE_LANES_FN void lanes_transpose_out(const float* ot, int rows, int ld, float* o) {
   for (int d0 = 0; d0 < D; d0 += kLanes) {
     const float* src[kLanes];
     for (int i = 0; i < kLanes; ++i) src[i] = ot + (d0 + i) * ld;
     for (int r0 = 0; r0 < ld; r0 += kLanes) {
       Vec8 t[kLanes];
-      load_transposed8<true>(src, r0, t);
+      load_transposed8<kHaveLanes>(src, r0, t);
       for (int j = 0; j < kLanes && r0 + j < rows; ++j) store8(o + (r0 + j) * D + d0, t[j]);
     }
   }
@@ -152,6 +152,7 @@ void lanes_block(int ld, const float* qt, const float* const* krows, const float
   if (ld - r0 == 2 * kLanes) lanes_tile<D, kBlock, 2>(r0, ld, qt, krows, vrows, st, ot);
   if (ld - r0 == kLanes) lanes_tile<D, kBlock, 1>(r0, ld, qt, krows, vrows, st, ot);
 }
-#endif
+
+#undef ADAEAGLE_LANES_FN
 
 }  // namespace adaeagle::cpu::attn
