@@ -40,12 +40,6 @@
 #include "cpu/attn_vec8.h"
 #include "cpu/tree_attention_lanes.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#endif
-
 namespace adaeagle::cpu {
 namespace {
 
@@ -325,7 +319,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     for (int d = 0; d < D; ++d) dst[d] = to_float(src[d]) * qscale;
     st[r] = softmax_state_empty();
   }
-  std::memset(o, 0, sizeof(float) * rows * D);
+  if (!in_lanes) std::memset(o, 0, sizeof(float) * rows * D);  // else leave_lanes writes it
   float* qt = nullptr;
   float* ot = nullptr;
   if (in_lanes) {
@@ -416,8 +410,9 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     blk.prefix_len = prefix;
     blk.needs_mask = blk.first > 0 || blk.last < kBlock;
     blk.cols = scored_cols(blk.last, kBlock);
+    const bool prefix_only = bs + blk.last <= prefix;  // keys shared by every row
     if (in_lanes) {
-      if (!blk.needs_mask && bs + kBlock <= prefix) {
+      if (!blk.needs_mask && prefix_only) {
         const float* krows[kBlock];
         for (int c = 0; c < kBlock; ++c) {
           const T* krow = kbase + static_cast<int64_t>(bs + c) * row_stride;
@@ -440,7 +435,6 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     // The task's prefix keys, lanes [key_lo, key_hi): K transposed into kt (8 lanes at once
     // where all 8 are keys), V rows pointed at or converted. Tree lanes are filled per token.
     const int key_lo = blk.first, key_hi = std::min(blk.last, prefix - bs);
-    const bool prefix_only = bs + blk.last <= prefix;
     for (int c0 = 0; c0 < kBlock; c0 += kLanes) {
       const bool whole = c0 >= key_lo && c0 + kLanes <= key_hi;
       if (whole) {
@@ -473,7 +467,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
         }
       }
     }
-    if (prefix_only) {  // shared by every row
+    if (prefix_only) {
       if constexpr (kDirectType) {
         if (direct_v) {
           block_rows<kAvx2, D, T>(0, rows, qs, kt, blk, vrows_direct, all_visible, st, o);
