@@ -5,6 +5,8 @@
 #include "adaeagle/tree_attention.h"
 #include "cpu/attn_vec8.h"
 
+#include <algorithm>
+
 namespace adaeagle::cpu::attn {
 
 // The layout pays only with AVX2's broadcasts and FMAs; elsewhere it compiles but is not used.
@@ -18,44 +20,51 @@ constexpr bool kHaveLanes = false;
 constexpr int kLanesMinRows = 24;
 
 // Query rows in lanes. From kLanesMinRows query rows on, the AVX2 path runs the blocks of
-// prefix keys with a task's rows in the vector lanes: queries transposed once per task
-// (qt [D][ld]), scores [key][row] with each key broadcast from its row as stored (no K
-// transpose), the softmax across registers (no horizontal max or sum per row) and the output
-// sum as ot [D][ld]. Each row's arithmetic is that of block_tile: the same FMA chains over d
-// and over keys, the same exp2, and the weights summed in softmax_block's lane order, then
-// in hsum8's sequence. So a row gets the same bits in either layout (the batch-invariance
+// prefix keys with a task's rows in the vector lanes: queries transposed once per task into
+// one panel per register tile (qt, see panel_width), scores [key][row] with each key
+// broadcast from its row as stored (no K transpose), the softmax across registers (no
+// horizontal max or sum per row) and the output sum in panels like the queries' (ot). Each
+// row's arithmetic is that of block_tile: the same FMA chains over d and over keys, the same
+// exp2, and the weights summed in softmax_block's lane order, then in hsum8's sequence. So a row gets the same bits in either layout (the batch-invariance
 // tests compare a row alone, in the 3 x 4 tiles, with the same row in a long call).
 constexpr int kLanesTileVecs = 3;                      // row vectors per tile
 constexpr int kLanesScStride = kLanesTileVecs * kLanes;  // sc [key][24 rows]
 
+// qt and ot hold ld rows (a multiple of 8) as panels [D][w], one per register tile: tiles of
+// 24 rows from row 0, then one of 16 or 8. The panel of the tile at row r0 starts at r0 * D,
+// so a tile's D x w values are contiguous and its loads have a constant stride.
+inline int panel_width(int r0, int ld) { return std::min(kLanesScStride, ld - r0); }
+
 // One block of kBlock prefix keys (fp32 rows krows[c], vrows[c]) for rows [r0, r0 + 8 NV).
 template <int D, int kBlock, int NV>
 ADAEAGLE_LANES_FN void lanes_tile(
-    int r0, int ld, const float* qt, const float* const* krows, const float* const* vrows,
+    int r0, const float* qt, const float* const* krows, const float* const* vrows,
     SoftmaxState* st, float* ot) {
   constexpr int kKeys = NV == 1 ? 8 : 4;  // keys (scores) or dims (output) per register tile
+  constexpr int kW = NV * kLanes;          // the panel's width
+  const float* qp = qt + r0 * D;
+  float* op = ot + r0 * D;
   alignas(32) float sc[kBlock * kLanesScStride];
+  Vec8 mx[NV];  // the rows' block maxima, taken as the scores are stored (max is exact)
   for (int c0 = 0; c0 < kBlock; c0 += kKeys) {
     Vec8 acc[NV][kKeys] = {};
     for (int d = 0; d < D; ++d) {
       Vec8 q[NV];
-      for (int i = 0; i < NV; ++i) q[i] = load8(qt + d * ld + r0 + i * kLanes);
+      for (int i = 0; i < NV; ++i) q[i] = load8(qp + d * kW + i * kLanes);
       for (int j = 0; j < kKeys; ++j) {
         const Vec8 k = bcast8<kHaveLanes>(krows[c0 + j] + d);
         for (int i = 0; i < NV; ++i) acc[i][j] += q[i] * k;
       }
     }
     for (int j = 0; j < kKeys; ++j) {
-      for (int i = 0; i < NV; ++i) store8(sc + (c0 + j) * kLanesScStride + i * kLanes, acc[i][j]);
+      for (int i = 0; i < NV; ++i) {
+        store8(sc + (c0 + j) * kLanesScStride + i * kLanes, acc[i][j]);
+        mx[i] = c0 + j == 0 ? acc[i][j] : mx[i] > acc[i][j] ? mx[i] : acc[i][j];
+      }
     }
   }
   Vec8 alpha[NV];
   for (int i = 0; i < NV; ++i) {
-    Vec8 mx = load8(sc + i * kLanes);
-    for (int c = 1; c < kBlock; ++c) {
-      const Vec8 s = load8(sc + c * kLanesScStride + i * kLanes);
-      mx = mx > s ? mx : s;
-    }
     // softmax_block per lane: the state update in scalar code, a row without a visible key
     // (max -inf) keeps its state and gets zero weights
     alignas(32) float m[kLanes], a[kLanes];
@@ -63,13 +72,13 @@ ADAEAGLE_LANES_FN void lanes_tile(
     bool any_dead = false;
     for (int lane = 0; lane < kLanes; ++lane) {
       SoftmaxState* row = &st[r0 + i * kLanes + lane];
-      if (mx[lane] == attn_neg_inf()) {
+      if (mx[i][lane] == attn_neg_inf()) {
         dead[lane] = -1;
         any_dead = true;
         a[lane] = 1.0f;
         m[lane] = 0.0f;
       } else {
-        a[lane] = softmax_state_raise(row, mx[lane]);
+        a[lane] = softmax_state_raise(row, mx[i][lane]);
         m[lane] = row->m;
       }
     }
@@ -95,7 +104,7 @@ ADAEAGLE_LANES_FN void lanes_tile(
     Vec8 acc[NV][kKeys];
     for (int j = 0; j < kKeys; ++j) {
       for (int i = 0; i < NV; ++i) {
-        acc[i][j] = load8(ot + (d0 + j) * ld + r0 + i * kLanes) * alpha[i];
+        acc[i][j] = load8(op + (d0 + j) * kW + i * kLanes) * alpha[i];
       }
     }
     for (int c = 0; c < kBlock; ++c) {
@@ -107,36 +116,44 @@ ADAEAGLE_LANES_FN void lanes_tile(
       }
     }
     for (int j = 0; j < kKeys; ++j) {
-      for (int i = 0; i < NV; ++i) store8(ot + (d0 + j) * ld + r0 + i * kLanes, acc[i][j]);
+      for (int i = 0; i < NV; ++i) store8(op + (d0 + j) * kW + i * kLanes, acc[i][j]);
     }
   }
 }
 
-// qt [D][ld] = qs [rows][D] transposed, the rows from `rows` to ld zero.
+// qt = qs [rows][D] in panels, the rows from `rows` to ld zero.
 template <int D>
 ADAEAGLE_LANES_FN void lanes_transpose_in(const float* qs, int rows, int ld, float* qt) {
   alignas(32) static const float zeros[D] = {};
-  for (int r0 = 0; r0 < ld; r0 += kLanes) {
-    const float* src[kLanes];
-    for (int i = 0; i < kLanes; ++i) src[i] = r0 + i < rows ? qs + (r0 + i) * D : zeros;
-    for (int d0 = 0; d0 < D; d0 += kLanes) {
-      Vec8 t[kLanes];
-      load_transposed8<kHaveLanes>(src, d0, t);
-      for (int j = 0; j < kLanes; ++j) store8(qt + (d0 + j) * ld + r0, t[j]);
+  for (int p0 = 0; p0 < ld; p0 += kLanesScStride) {
+    const int w = panel_width(p0, ld);
+    for (int r0 = p0; r0 < p0 + w; r0 += kLanes) {
+      const float* src[kLanes];
+      for (int i = 0; i < kLanes; ++i) src[i] = r0 + i < rows ? qs + (r0 + i) * D : zeros;
+      for (int d0 = 0; d0 < D; d0 += kLanes) {
+        Vec8 t[kLanes];
+        load_transposed8<kHaveLanes>(src, d0, t);
+        for (int j = 0; j < kLanes; ++j) store8(qt + p0 * D + (d0 + j) * w + r0 - p0, t[j]);
+      }
     }
   }
 }
 
-// o [rows][D] = ot [D][ld] transposed (the padding rows dropped).
+// o [rows][D] = ot's panels transposed (the padding rows dropped).
 template <int D>
 ADAEAGLE_LANES_FN void lanes_transpose_out(const float* ot, int rows, int ld, float* o) {
-  for (int d0 = 0; d0 < D; d0 += kLanes) {
-    const float* src[kLanes];
-    for (int i = 0; i < kLanes; ++i) src[i] = ot + (d0 + i) * ld;
-    for (int r0 = 0; r0 < ld; r0 += kLanes) {
-      Vec8 t[kLanes];
-      load_transposed8<kHaveLanes>(src, r0, t);
-      for (int j = 0; j < kLanes && r0 + j < rows; ++j) store8(o + (r0 + j) * D + d0, t[j]);
+  for (int p0 = 0; p0 < ld; p0 += kLanesScStride) {
+    const int w = panel_width(p0, ld);
+    for (int d0 = 0; d0 < D; d0 += kLanes) {
+      const float* src[kLanes];
+      for (int i = 0; i < kLanes; ++i) src[i] = ot + p0 * D + (d0 + i) * w;
+      for (int r0 = 0; r0 < w; r0 += kLanes) {
+        Vec8 t[kLanes];
+        load_transposed8<kHaveLanes>(src, r0, t);
+        for (int j = 0; j < kLanes && p0 + r0 + j < rows; ++j) {
+          store8(o + (p0 + r0 + j) * D + d0, t[j]);
+        }
+      }
     }
   }
 }
@@ -147,10 +164,10 @@ void lanes_block(int ld, const float* qt, const float* const* krows, const float
                  SoftmaxState* st, float* ot) {
   int r0 = 0;
   for (; r0 + kLanesScStride <= ld; r0 += kLanesScStride) {
-    lanes_tile<D, kBlock, 3>(r0, ld, qt, krows, vrows, st, ot);
+    lanes_tile<D, kBlock, 3>(r0, qt, krows, vrows, st, ot);
   }
-  if (ld - r0 == 2 * kLanes) lanes_tile<D, kBlock, 2>(r0, ld, qt, krows, vrows, st, ot);
-  if (ld - r0 == kLanes) lanes_tile<D, kBlock, 1>(r0, ld, qt, krows, vrows, st, ot);
+  if (ld - r0 == 2 * kLanes) lanes_tile<D, kBlock, 2>(r0, qt, krows, vrows, st, ot);
+  if (ld - r0 == kLanes) lanes_tile<D, kBlock, 1>(r0, qt, krows, vrows, st, ot);
 }
 
 #undef ADAEAGLE_LANES_FN
