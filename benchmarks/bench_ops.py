@@ -1,7 +1,9 @@
 """Times every adaeagle op against the plain-PyTorch code an engine would otherwise run.
 
-Each module in benchmarks/op_cases/ provides `cases(device) -> list[Case]`. Results go to
-benchmarks/results/ops_<device>.json and .md with the machine, threads and versions.
+Each module in benchmarks/op_cases/ provides `cases(device) -> list[Case]`. Ours and the
+baseline are timed in 5 alternating rounds (a median over 0.1 s each); the speed-up is the
+median of the rounds' ratios. Results go to benchmarks/results/ops_<device>.json and .md with
+the machine, threads and versions.
 
     python benchmarks/bench_ops.py [--device cpu] [--threads 2] [--only kv_compact,...]
 """
@@ -19,7 +21,7 @@ import torch
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from common import machine_info, median_seconds  # noqa: E402
+from common import machine_info, paired_medians  # noqa: E402
 from op_cases import Case  # noqa: E402
 
 
@@ -40,16 +42,14 @@ def main() -> None:
         module = importlib.import_module(f"op_cases.{module_path.stem}")
         for case in module.cases(args.device):
             case: Case
-            ours = median_seconds(case.ours)
-            baseline = median_seconds(case.baseline)
+            ours, baseline, speedup = paired_medians(case.ours, case.baseline)
             rows.append({
                 "op": case.op, "shape": case.shape, "baseline": case.baseline_name,
-                "ours_us": ours * 1e6, "baseline_us": baseline * 1e6,
-                "speedup": baseline / ours,
+                "ours_us": ours * 1e6, "baseline_us": baseline * 1e6, "speedup": speedup,
             })
             r = rows[-1]
             print(f"{r['op']:>18} {r['shape']:<34} ours {r['ours_us']:9.1f} us   "
-                  f"{r['baseline']} {r['baseline_us']:9.1f} us   x{r['speedup']:.1f}", flush=True)
+                  f"{r['baseline']} {r['baseline_us']:9.1f} us   x{r['speedup']:.2f}", flush=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,12 +64,14 @@ def main() -> None:
         "",
         "Machine: " + ", ".join(f"{k}={v}" for k, v in report["machine"].items()),
         "",
+        "Medians of 5 alternating rounds; the speed-up is the median of the rounds' ratios.",
+        "",
         "| op | shape | ours (us) | baseline | baseline (us) | speedup |",
         "|---|---|---:|---|---:|---:|",
     ]
     lines += [
         f"| {r['op']} | {r['shape']} | {r['ours_us']:.1f} | {r['baseline']} | "
-        f"{r['baseline_us']:.1f} | {r['speedup']:.1f}x |" for r in rows
+        f"{r['baseline_us']:.1f} | {r['speedup']:.2f}x |" for r in rows
     ]
     (out / f"ops_{suffix}.md").write_text("\n".join(lines) + "\n")
 

@@ -28,6 +28,19 @@ def median_seconds(fn: Callable[[], object], warmup: int = 3, min_time: float = 
     return statistics.median(times)
 
 
+def paired_medians(ours: Callable[[], object], baseline: Callable[[], object], rounds: int = 5,
+                   min_time: float = 0.1) -> tuple[float, float, float]:
+    """Median call times of `ours` and `baseline` timed in alternating rounds (each round a
+    `median_seconds` of both), and the median over rounds of baseline / ours. A noisy machine
+    then slows both sides of a round alike instead of skewing the ratio."""
+    ours_t, base_t, ratios = [], [], []
+    for _ in range(rounds):
+        ours_t.append(median_seconds(ours, min_time=min_time))
+        base_t.append(median_seconds(baseline, min_time=min_time))
+        ratios.append(base_t[-1] / ours_t[-1])
+    return statistics.median(ours_t), statistics.median(base_t), statistics.median(ratios)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
