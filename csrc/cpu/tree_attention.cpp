@@ -34,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -615,11 +616,19 @@ void run(const Problem<T>& p) {
   if (threads <= 1) {
     for (const Task& task : tasks) task_fn(p, task, part);
   } else {
-    // Longest tasks first, handed out one at a time to whichever thread is free.
+    // Longest tasks first, handed out one at a time to whichever thread is free. Among equal
+    // tasks of a request with at most one register tile of rows (a decode step, which waits
+    // on DRAM), a chunk's kv heads go in turn: their K/V rows interleave in the cache, so the
+    // threads read neighbouring lines.
     std::vector<int64_t> order(num_tasks);
     std::iota(order.begin(), order.end(), 0);
+    auto key = [&](int64_t i) {
+      const Task& t = tasks[i];
+      const bool few_rows = (p.indptr[t.b + 1] - p.indptr[t.b]) * p.group <= kTileRows;
+      return std::make_tuple(-t.cost, t.b, few_rows ? t.lo : t.g, few_rows ? t.g : t.lo);
+    };
     std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return tasks[a].cost > tasks[b].cost; });
+                     [&](int64_t a, int64_t b) { return key(a) < key(b); });
     std::atomic<int64_t> next{0};
     at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
       for (int64_t i = next.fetch_add(1); i < num_tasks; i = next.fetch_add(1)) {
