@@ -81,7 +81,7 @@ struct ChunkedHead {
 
 struct Scratch {
   std::vector<float> q, o;
-  std::vector<float> qt, ot;          // [D][rows rounded up to 8]: q and o with rows in lanes
+  std::vector<float> qt, ot;          // q and o with rows in lanes, in panels (lanes_block)
   std::vector<SoftmaxState> st;
   std::vector<uint64_t> all_visible;  // per row: every lane of a gathered block is visible
   std::vector<float> ktree, vtree;    // [T][D] the request's tree K and V rows in fp32

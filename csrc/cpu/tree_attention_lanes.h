@@ -25,8 +25,9 @@ constexpr int kLanesMinRows = 24;
 // broadcast from its row as stored (no K transpose), the softmax across registers (no
 // horizontal max or sum per row) and the output sum in panels like the queries' (ot). Each
 // row's arithmetic is that of block_tile: the same FMA chains over d and over keys, the same
-// exp2, and the weights summed in softmax_block's lane order, then in hsum8's sequence. So a row gets the same bits in either layout (the batch-invariance
-// tests compare a row alone, in the 3 x 4 tiles, with the same row in a long call).
+// exp2, and the weights summed in softmax_block's lane order, then in hsum8's sequence. So a
+// row gets the same bits in either layout (the batch-invariance tests compare a row alone, in
+// the 3 x 4 tiles, with the same row in a long call).
 constexpr int kLanesTileVecs = 3;                      // row vectors per tile
 constexpr int kLanesScStride = kLanesTileVecs * kLanes;  // sc [key][24 rows]
 
