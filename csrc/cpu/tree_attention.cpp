@@ -94,6 +94,13 @@ Scratch& thread_scratch() {
   return s;
 }
 
+// v's data with room for at least n elements (a scratch buffer only grows).
+template <typename E>
+E* grown(std::vector<E>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
 // Register tiles: R query rows x V vectors of keys (scores) or output dims (accumulation),
 // R * V <= 12 accumulators plus the operands in the 16 AVX2 registers: 6 x 2 for the bulk of
 // the rows, 3 x 4 for a GQA group of 3 (a one-token step of the default model), 2 x 4 and 1 x 4
@@ -296,10 +303,6 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   const int rows = tree * group;
 
   Scratch& s = thread_scratch();
-  if (s.q.size() < static_cast<size_t>(rows) * D) {
-    s.q.resize(static_cast<size_t>(rows) * D);
-    s.o.resize(static_cast<size_t>(rows) * D);
-  }
   // rows with their lanes (lanes_block): ld rows, the last up to 7 of them padding
   bool in_lanes = kHaveLanes && kAvx2 && rows >= kLanesMinRows;
   const int ld = (rows + kLanes - 1) / kLanes * kLanes;
@@ -307,8 +310,8 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     s.st.resize(ld);
     s.all_visible.assign(ld, ~uint64_t{0});
   }
-  float* qs = s.q.data();
-  float* o = s.o.data();
+  float* qs = grown(s.q, static_cast<size_t>(rows) * D);
+  float* o = grown(s.o, static_cast<size_t>(rows) * D);
   SoftmaxState* st = s.st.data();
   const uint64_t* all_visible = s.all_visible.data();
   // (qscale in a local: a store through qs could alias p, which kept these loops scalar)
@@ -324,12 +327,8 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   float* qt = nullptr;
   float* ot = nullptr;
   if (in_lanes) {
-    if (s.qt.size() < static_cast<size_t>(ld) * D) {
-      s.qt.resize(static_cast<size_t>(ld) * D);
-      s.ot.resize(static_cast<size_t>(ld) * D);
-    }
-    qt = s.qt.data();
-    ot = s.ot.data();
+    qt = grown(s.qt, static_cast<size_t>(ld) * D);
+    ot = grown(s.ot, static_cast<size_t>(ld) * D);
     lanes_transpose_in<D>(qs, rows, ld, qt);
     std::memset(ot, 0, sizeof(float) * ld * D);
     for (int r = rows; r < ld; ++r) st[r] = softmax_state_empty();
@@ -353,18 +352,10 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   int8_t* anc = nullptr;
   int32_t* num_visible = nullptr;
   if (has_tree_keys) {
-    if (s.ktree.size() < static_cast<size_t>(tree) * D) {
-      s.ktree.resize(static_cast<size_t>(tree) * D);
-      s.vtree.resize(static_cast<size_t>(tree) * D);
-    }
-    if (s.num_visible.size() < static_cast<size_t>(tree)) {
-      s.ancestors.resize(static_cast<size_t>(tree) * kMaxTreeNodes);
-      s.num_visible.resize(tree);
-    }
-    ktree = s.ktree.data();
-    vtree = s.vtree.data();
-    anc = s.ancestors.data();
-    num_visible = s.num_visible.data();
+    ktree = grown(s.ktree, static_cast<size_t>(tree) * D);
+    vtree = grown(s.vtree, static_cast<size_t>(tree) * D);
+    anc = grown(s.ancestors, static_cast<size_t>(tree) * kMaxTreeNodes);
+    num_visible = grown(s.num_visible, static_cast<size_t>(tree));
     for (int j = 0; j < tree; ++j) {
       const T* krow = kbase + static_cast<int64_t>(prefix + j) * row_stride;
       const T* vrow = vbase + static_cast<int64_t>(prefix + j) * row_stride;
@@ -607,8 +598,7 @@ void run(const Problem<T>& p) {
   if (tasks.empty()) return;
 
   thread_local std::vector<float> partials;
-  if (partials.size() < static_cast<size_t>(partial_size)) partials.resize(partial_size);
-  float* part = partials.data();
+  float* part = grown(partials, static_cast<size_t>(partial_size));
   auto task_fn = sh.dim == 64 ? pick_task_fn<T, 64>() : pick_task_fn<T, 128>();
 
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
