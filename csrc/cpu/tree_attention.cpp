@@ -1,9 +1,10 @@
 // tree_attention and merge_attn_states on CPU.
 //
 // Work is split into tasks (request, kv head, chunk of kChunk keys); tasks run in parallel,
-// longest first, and the chunks of one (request, kv head) are merged by their softmax state
-// afterwards. A task loads its queries (all tree tokens x the heads of the GQA group) into a
-// local fp32 buffer, then walks its keys in blocks of kBlockFor<D>: the block's K rows are
+// longest first, and the last chunk of a (request, kv head) to finish merges the chunks'
+// partial states in chunk order. A task loads its queries (all tree tokens x the heads of the
+// GQA group) into a local fp32 buffer, kept for the thread's next chunk of the same kv head,
+// then walks its keys in blocks of kBlockFor<D>: the block's K rows are
 // transposed into fp32 once and scored against every query row (register tiles of 6 rows),
 // then each row does an online-softmax update and accumulates the block's V rows. Each K/V row
 // is read from the cache once per call. From 24 query rows on, the AVX2 path runs the blocks of
@@ -33,6 +34,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <tuple>
 #include <type_traits>
@@ -65,6 +67,7 @@ struct Problem {
   int64_t group;
   float qscale;  // scale * log2(e)
   int mode;
+  uint64_t call;  // this call's serial number (a task may reuse its thread's queries)
 };
 
 struct Task {
@@ -72,9 +75,13 @@ struct Task {
   int32_t lo, hi;    // keys (cache rows of the request) [lo, hi)
   int64_t partial;   // offset of the task's partial state in the scratch buffer, -1: none
   int64_t cost;
+  int32_t head;      // its ChunkedHead, -1: none
 };
 
-// A (request, kv head) whose keys span several tasks, merged after they all ran.
+// A (request, kv head) whose keys span several tasks, merged by the last of them to finish.
+// Each task leaves a partial state: with the rows in lanes (rows_in_lanes), the output sums as
+// panels [ld * D] (see panel_width), then m [ld] and l [ld]; otherwise [rows][D + 2], each row's
+// sums followed by its m and l.
 struct ChunkedHead {
   int64_t first_task, num_tasks;
 };
@@ -82,7 +89,11 @@ struct ChunkedHead {
 struct Scratch {
   std::vector<float> q, o;
   std::vector<float> qt, ot;          // q and o with rows in lanes, in panels (lanes_block)
+  uint64_t q_call = 0;                // the (call, request, kv head) whose queries q and qt hold
+  int32_t q_b = -1, q_g = -1;
   std::vector<SoftmaxState> st;
+  std::vector<SoftmaxState> merged;   // merge_head's running states
+  std::vector<float> fa, fb;          // merge_head's factors per row
   std::vector<uint64_t> all_visible;  // per row: every lane of a gathered block is visible
   std::vector<float> ktree, vtree;    // [T][D] the request's tree K and V rows in fp32
   std::vector<int8_t> ancestors;      // [T][kMaxTreeNodes] visible tree nodes in id order
@@ -99,6 +110,15 @@ template <typename E>
 E* grown(std::vector<E>& v, size_t n) {
   if (v.size() < n) v.resize(n);
   return v.data();
+}
+
+// Whether a task of this many query rows runs its prefix blocks with the rows in lanes.
+template <bool kAvx2>
+inline bool rows_in_lanes(int rows) {
+  return kHaveLanes && kAvx2 && rows >= kLanesMinRows;
+}
+inline int lanes_rows(int rows) {
+  return (rows + kLanes - 1) / kLanes * kLanes;
 }
 
 // Register tiles: R query rows x V vectors of keys (scores) or output dims (accumulation),
@@ -304,34 +324,41 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
 
   Scratch& s = thread_scratch();
   // rows with their lanes (lanes_block): ld rows, the last up to 7 of them padding
-  bool in_lanes = kHaveLanes && kAvx2 && rows >= kLanesMinRows;
-  const int ld = (rows + kLanes - 1) / kLanes * kLanes;
+  const bool lanes = rows_in_lanes<kAvx2>(rows);
+  bool in_lanes = lanes;
+  const int ld = lanes_rows(rows);
   if (s.st.size() < static_cast<size_t>(ld)) {
     s.st.resize(ld);
     s.all_visible.assign(ld, ~uint64_t{0});
   }
   float* qs = grown(s.q, static_cast<size_t>(rows) * D);
   float* o = grown(s.o, static_cast<size_t>(rows) * D);
+  float* qt = lanes ? grown(s.qt, static_cast<size_t>(ld) * D) : nullptr;
   SoftmaxState* st = s.st.data();
   const uint64_t* all_visible = s.all_visible.data();
-  // (qscale in a local: a store through qs could alias p, which kept these loops scalar)
-  const float qscale = p.qscale;
-  for (int r = 0; r < rows; ++r) {
-    const int64_t t = r / group;
-    const T* src = p.q + ((start + t) * sh.heads + task.g * group + r % group) * D;
-    float* dst = qs + r * D;
-    for (int d = 0; d < D; ++d) dst[d] = to_float(src[d]) * qscale;
-    st[r] = softmax_state_empty();
+  // The chunks of a kv head often run one after another on a thread: they share the queries.
+  if (s.q_call != p.call || s.q_b != task.b || s.q_g != task.g) {
+    // (qscale in a local: a store through qs could alias p, which kept these loops scalar)
+    const float qscale = p.qscale;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t t = r / group;
+      const T* src = p.q + ((start + t) * sh.heads + task.g * group + r % group) * D;
+      float* dst = qs + r * D;
+      for (int d = 0; d < D; ++d) dst[d] = to_float(src[d]) * qscale;
+    }
+    if (lanes) lanes_transpose_in<D>(qs, rows, ld, qt);
+    s.q_call = p.call;
+    s.q_b = task.b;
+    s.q_g = task.g;
   }
+  for (int r = 0; r < ld; ++r) st[r] = softmax_state_empty();
   if (!in_lanes) std::memset(o, 0, sizeof(float) * rows * D);  // else leave_lanes writes it
-  float* qt = nullptr;
+  // A chunk's output sums in lanes go straight to its partial state.
+  float* const part = task.partial >= 0 ? partials + task.partial : nullptr;
   float* ot = nullptr;
   if (in_lanes) {
-    qt = grown(s.qt, static_cast<size_t>(ld) * D);
-    ot = grown(s.ot, static_cast<size_t>(ld) * D);
-    lanes_transpose_in<D>(qs, rows, ld, qt);
+    ot = part != nullptr ? part : grown(s.ot, static_cast<size_t>(ld) * D);
     std::memset(ot, 0, sizeof(float) * ld * D);
-    for (int r = rows; r < ld; ++r) st[r] = softmax_state_empty();
   }
   // Back to rows in memory (o [rows][D]) for the blocks lanes_block does not take.
   auto leave_lanes = [&] {
@@ -501,12 +528,20 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
     }
   }
 
-  if (in_lanes) leave_lanes();
-  if (task.partial < 0) {
+  if (part == nullptr) {
+    if (in_lanes) leave_lanes();
     for (int r = 0; r < rows; ++r) write_row(p, task.b, task.g, r, D, o + r * D, st[r]);
     return;
   }
-  float* part = partials + task.partial;
+  if (lanes) {
+    if (!in_lanes) lanes_transpose_in<D>(o, rows, ld, part);  // tree blocks took it to rows
+    float* m = part + ld * D;
+    for (int r = 0; r < ld; ++r) {
+      m[r] = st[r].m;
+      m[ld + r] = st[r].l;
+    }
+    return;
+  }
   for (int r = 0; r < rows; ++r) {
     std::memcpy(part + r * (D + 2), o + r * D, sizeof(float) * D);
     part[r * (D + 2) + D] = st[r].m;
@@ -514,10 +549,98 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   }
 }
 
+// acc * fa + part * fb, lane by lane. Both partial layouts merge through it, so a row merges
+// to the same bits in either.
+template <bool kAvx2>
+inline Vec8 merge8(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb);
+
+template <>
+inline Vec8 merge8<false>(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb) {
+  return acc * fa + part * fb;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+template <>
+__attribute__((target("avx2,fma"))) inline Vec8 merge8<true>(Vec8 acc, Vec8 fa, Vec8 part,
+                                                             Vec8 fb) {
+  return _mm256_fmadd_ps(acc, fa, part * fb);
+}
+#else
+template <>
+inline Vec8 merge8<true>(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb) {
+  return merge8<false>(acc, fa, part, fb);
+}
+#endif
+
+// Merges the partial states of a chunked (request, kv head) in chunk order, into the first
+// chunk's, and writes the rows.
+template <bool kAvx2, typename T, int D>
+inline void merge_head(const Problem<T>& p, const Task* tasks, const ChunkedHead& head,
+                       float* partials) {
+  const Task& first = tasks[head.first_task];
+  const int rows = static_cast<int>((p.indptr[first.b + 1] - p.indptr[first.b]) * p.group);
+  Scratch& s = thread_scratch();
+  float* acc = partials + first.partial;
+  if (!rows_in_lanes<kAvx2>(rows)) {
+    for (int r = 0; r < rows; ++r) {
+      float* a = acc + r * (D + 2);
+      SoftmaxState st{a[D], a[D + 1]};
+      for (int64_t c = 1; c < head.num_tasks; ++c) {
+        const float* b = partials + tasks[head.first_task + c].partial + r * (D + 2);
+        float fa = 0.0f, fb = 0.0f;
+        softmax_state_merge(&st, SoftmaxState{b[D], b[D + 1]}, &fa, &fb);
+        for (int d = 0; d < D; d += kLanes) {
+          store8(a + d, merge8<kAvx2>(load8(a + d), splat8(fa), load8(b + d), splat8(fb)));
+        }
+      }
+      write_row(p, first.b, first.g, r, D, a, st);
+    }
+    return;
+  }
+  // The rows' factors for every chunk first, then each sum merged through all chunks at once.
+  const int ld = lanes_rows(rows);
+  const int64_t n = head.num_tasks;
+  SoftmaxState* st = grown(s.merged, ld);
+  float* fa = grown(s.fa, n * ld);  // [chunk][ld]
+  float* fb = grown(s.fb, n * ld);
+  for (int r = 0; r < ld; ++r) st[r] = SoftmaxState{acc[ld * D + r], acc[ld * D + ld + r]};
+  for (int64_t c = 1; c < n; ++c) {
+    const float* b = partials + tasks[head.first_task + c].partial + ld * D;
+    for (int r = 0; r < ld; ++r) {
+      softmax_state_merge(&st[r], SoftmaxState{b[r], b[ld + r]}, &fa[c * ld + r],
+                          &fb[c * ld + r]);
+    }
+  }
+  for (int p0 = 0; p0 < ld; p0 += kLanesScStride) {
+    const int w = panel_width(p0, ld);
+    for (int d = 0; d < D; ++d) {
+      for (int r0 = 0; r0 < w; r0 += kLanes) {
+        const int64_t i = p0 * D + d * w + r0;
+        Vec8 sum = load8(acc + i);
+        for (int64_t c = 1; c < n; ++c) {
+          const float* b = partials + tasks[head.first_task + c].partial;
+          sum = merge8<kAvx2>(sum, load8(fa + c * ld + p0 + r0), load8(b + i),
+                              load8(fb + c * ld + p0 + r0));
+        }
+        store8(acc + i, sum);
+      }
+    }
+  }
+  float* o = grown(s.o, static_cast<size_t>(rows) * D);
+  lanes_transpose_out<D>(acc, rows, ld, o);
+  for (int r = 0; r < rows; ++r) write_row(p, first.b, first.g, r, D, o + r * D, st[r]);
+}
+
 template <typename T, int D>
 __attribute__((flatten)) void run_task_generic(const Problem<T>& p, const Task& task,
                                                float* partials) {
   run_task<false, T, D>(p, task, partials);
+}
+
+template <typename T, int D>
+__attribute__((flatten)) void merge_head_generic(const Problem<T>& p, const Task* tasks,
+                                                 const ChunkedHead& head, float* partials) {
+  merge_head<false, T, D>(p, tasks, head, partials);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -528,6 +651,14 @@ __attribute__((target("avx2,fma"), flatten)) void run_task_avx2(const Problem<T>
   run_task<true, T, D>(p, task, partials);
 }
 
+template <typename T, int D>
+__attribute__((target("avx2,fma"), flatten)) void merge_head_avx2(const Problem<T>& p,
+                                                                  const Task* tasks,
+                                                                  const ChunkedHead& head,
+                                                                  float* partials) {
+  merge_head<true, T, D>(p, tasks, head, partials);
+}
+
 // ADAEAGLE_NO_AVX2=1 (read once) forces the portable path, so tests can run it here too.
 bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -536,39 +667,28 @@ bool cpu_has_avx2() {
 }
 #endif
 
+// The task and merge functions of one code path (AVX2 or portable).
+template <typename T>
+struct Kernels {
+  void (*task)(const Problem<T>&, const Task&, float*);
+  void (*merge)(const Problem<T>&, const Task*, const ChunkedHead&, float*);
+  bool avx2;
+};
+
 template <typename T, int D>
-auto pick_task_fn() {
+Kernels<T> pick_kernels() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (cpu_has_avx2()) return &run_task_avx2<T, D>;
+  if (cpu_has_avx2()) return {&run_task_avx2<T, D>, &merge_head_avx2<T, D>, true};
 #endif
-  return &run_task_generic<T, D>;
+  return {&run_task_generic<T, D>, &merge_head_generic<T, D>, false};
 }
 
-// Merges the partial states of a chunked (request, kv head) in chunk order and writes it.
-template <typename T>
-void merge_chunks(const Problem<T>& p, const Task* tasks, const ChunkedHead& head,
-                  const float* partials) {
-  const Task& first = tasks[head.first_task];
-  const int64_t dim = p.shape.dim;
-  const int rows = static_cast<int>((p.indptr[first.b + 1] - p.indptr[first.b]) * p.group);
-  std::vector<float> acc(dim);
-  for (int r = 0; r < rows; ++r) {
-    const float* part = partials + first.partial + r * (dim + 2);
-    SoftmaxState st{part[dim], part[dim + 1]};
-    std::copy(part, part + dim, acc.begin());
-    for (int64_t c = 1; c < head.num_tasks; ++c) {
-      part = partials + tasks[head.first_task + c].partial + r * (dim + 2);
-      float fa = 0.0f, fb = 0.0f;
-      softmax_state_merge(&st, SoftmaxState{part[dim], part[dim + 1]}, &fa, &fb);
-      for (int64_t d = 0; d < dim; ++d) acc[d] = acc[d] * fa + part[d] * fb;
-    }
-    write_row(p, first.b, first.g, r, static_cast<int>(dim), acc.data(), st);
-  }
-}
+std::atomic<uint64_t> g_calls{0};
 
 template <typename T>
 void run(const Problem<T>& p) {
   const TreeAttentionShape& sh = p.shape;
+  const Kernels<T> kern = sh.dim == 64 ? pick_kernels<T, 64>() : pick_kernels<T, 128>();
   std::vector<Task> tasks;
   std::vector<ChunkedHead> chunked;
   int64_t partial_size = 0;
@@ -582,16 +702,19 @@ void run(const Problem<T>& p) {
       const int64_t first = static_cast<int64_t>(tasks.size());
       for (int c = lo - lo % kChunk; c < hi; c += kChunk) {
         const int clo = std::max(c, lo), chi = std::min(c + kChunk, hi);
-        tasks.push_back({b, g, clo, chi, -1, int64_t{chi - clo + 32} * rows});
+        tasks.push_back({b, g, clo, chi, -1, int64_t{chi - clo + 32} * rows, -1});
       }
-      if (hi <= lo) tasks.push_back({b, g, lo, lo, -1, rows});
+      if (hi <= lo) tasks.push_back({b, g, lo, lo, -1, rows, -1});
       const int64_t count = static_cast<int64_t>(tasks.size()) - first;
       if (count > 1) {
-        chunked.push_back({first, count});
+        const bool lanes = kern.avx2 ? rows_in_lanes<true>(rows) : rows_in_lanes<false>(rows);
+        const int64_t size = (lanes ? lanes_rows(rows) : rows) * (sh.dim + 2);
         for (int64_t i = first; i < first + count; ++i) {
           tasks[i].partial = partial_size;
-          partial_size += rows * (sh.dim + 2);
+          tasks[i].head = static_cast<int32_t>(chunked.size());
+          partial_size += size;
         }
+        chunked.push_back({first, count});
       }
     }
   }
@@ -599,12 +722,20 @@ void run(const Problem<T>& p) {
 
   thread_local std::vector<float> partials;
   float* part = grown(partials, static_cast<size_t>(partial_size));
-  auto task_fn = sh.dim == 64 ? pick_task_fn<T, 64>() : pick_task_fn<T, 128>();
+  std::unique_ptr<std::atomic<int64_t>[]> left(new std::atomic<int64_t>[chunked.size()]);
+  for (size_t i = 0; i < chunked.size(); ++i) left[i].store(chunked[i].num_tasks);
+  auto task_fn = [&](const Task& task) {
+    kern.task(p, task, part);
+    // (the last chunk of a head to finish sees the others' partial states: acq_rel)
+    if (task.head >= 0 && left[task.head].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      kern.merge(p, tasks.data(), chunked[task.head], part);
+    }
+  };
 
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), num_tasks);
   if (threads <= 1) {
-    for (const Task& task : tasks) task_fn(p, task, part);
+    for (const Task& task : tasks) task_fn(task);
   } else {
     // Longest tasks first, handed out one at a time to whichever thread is free. Among equal
     // tasks of a request with at most one register tile of rows (a decode step, which waits
@@ -622,14 +753,10 @@ void run(const Problem<T>& p) {
     std::atomic<int64_t> next{0};
     at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
       for (int64_t i = next.fetch_add(1); i < num_tasks; i = next.fetch_add(1)) {
-        task_fn(p, tasks[order[i]], part);
+        task_fn(tasks[order[i]]);
       }
     });
   }
-  if (chunked.empty()) return;
-  at::parallel_for(0, static_cast<int64_t>(chunked.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) merge_chunks(p, tasks.data(), chunked[i], part);
-  });
 }
 
 void check_batch(const TreeAttentionShape& sh, const int32_t* prefix_lens,
@@ -693,7 +820,7 @@ void tree_attention(const void* q, const void* kv_cache, AttnDtype dtype,
     using T = decltype(tag);
     Problem<T> p{static_cast<const T*>(q), static_cast<const T*>(kv_cache),
                  static_cast<T*>(out), lse, prefix_lens, tree_indptr, mask_bits, shape, layer,
-                 shape.heads / shape.hkv, scale * kLog2e, mode};
+                 shape.heads / shape.hkv, scale * kLog2e, mode, ++g_calls};
     run(p);
   };
   switch (dtype) {
