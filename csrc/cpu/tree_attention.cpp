@@ -325,7 +325,7 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   Scratch& s = thread_scratch();
   // rows with their lanes (lanes_block): ld rows, the last up to 7 of them padding
   const bool lanes = rows_in_lanes<kAvx2>(rows);
-  bool in_lanes = lanes;
+  bool in_lanes = lanes && task.lo < prefix;  // a chunk of tree keys alone starts in rows
   const int ld = lanes_rows(rows);
   if (s.st.size() < static_cast<size_t>(ld)) {
     s.st.resize(ld);
