@@ -86,6 +86,18 @@ inline Vec8 exp2_8(Vec8 x) {
   return x < lo ? Vec8{} : res;
 }
 
+// softmax_state_raise for 8 rows (running max m, sum l) with exp2_8 instead of the scalar exp2:
+// raises m to cover a block whose largest scores are block_max, rescales l and returns the
+// factor for the output sums (exactly 1 where m does not move, so also where block_max is -inf).
+// A row alone takes it on splats, so it gets the same bits as in a vector of 8.
+inline Vec8 raise_states8(Vec8* m, Vec8* l, Vec8 block_max) {
+  const Vec8 m_new = *m > block_max ? *m : block_max;
+  const Vec8 alpha = *m == m_new ? splat8(1.0f) : exp2_8(*m - m_new);
+  *m = m_new;
+  *l = *l * alpha;
+  return alpha;
+}
+
 template <typename T>
 inline float to_float(T x) {
   return static_cast<float>(x);

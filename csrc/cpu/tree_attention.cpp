@@ -92,8 +92,8 @@ struct Scratch {
   uint64_t q_call = 0;                // the (call, request, kv head) whose queries q and qt hold
   int32_t q_b = -1, q_g = -1;
   std::vector<SoftmaxState> st;
-  std::vector<SoftmaxState> merged;   // merge_head's running states
-  std::vector<float> fa, fb;          // merge_head's factors per row
+  std::vector<float> merged_m, merged_l;  // merge_head's running states
+  std::vector<float> fa, fb;              // merge_head's factors per row
   std::vector<uint64_t> all_visible;  // per row: every lane of a gathered block is visible
   std::vector<float> ktree, vtree;    // [T][D] the request's tree K and V rows in fp32
   std::vector<int8_t> ancestors;      // [T][kMaxTreeNodes] visible tree nodes in id order
@@ -189,8 +189,10 @@ inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, Softm
     for (int v = 0; v < vecs; ++v) store8(sc + v * kLanes, Vec8{});
     return 1.0f;
   }
-  const float alpha = softmax_state_raise(st, block_max);
-  const Vec8 m = splat8(st->m);
+  Vec8 m = splat8(st->m), l = splat8(st->l);
+  const float alpha = raise_states8(&m, &l, splat8(block_max))[0];
+  st->m = m[0];
+  st->l = l[0];
   Vec8 sum = {};
   for (int v = 0; v < vecs; ++v) {
     const Vec8 w = exp2_8(load8(sc + v * kLanes) - m);
@@ -572,6 +574,23 @@ inline Vec8 merge8<true>(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb) {
 }
 #endif
 
+// softmax_state_merge for 8 rows (m and l of states a and b), with exp2_8 instead of the scalar
+// exp2, and the sums' factors fa and fb. A row alone takes it on splats: the same bits as in a
+// vector of 8.
+template <bool kAvx2>
+inline void merge_states8(Vec8* am, Vec8* al, Vec8 bm, Vec8 bl, Vec8* fa, Vec8* fb) {
+  const Vec8 m = *am > bm ? *am : bm;
+  const Int8 empty = m == splat8(attn_neg_inf());
+  const Vec8 one = splat8(1.0f);
+  // (both empty: am - m is NaN, but am == m selects 1 before the empty rows get 0)
+  const Vec8 a = *am == m ? one : exp2_8(*am - m);
+  const Vec8 b = bm == m ? one : exp2_8(bm - m);
+  *fa = empty ? Vec8{} : a;
+  *fb = empty ? Vec8{} : b;
+  *al = merge8<kAvx2>(*al, *fa, bl, *fb);
+  *am = m;
+}
+
 // Merges the partial states of a chunked (request, kv head) in chunk order, into the first
 // chunk's, and writes the rows.
 template <bool kAvx2, typename T, int D>
@@ -584,31 +603,37 @@ inline void merge_head(const Problem<T>& p, const Task* tasks, const ChunkedHead
   if (!rows_in_lanes<kAvx2>(rows)) {
     for (int r = 0; r < rows; ++r) {
       float* a = acc + r * (D + 2);
-      SoftmaxState st{a[D], a[D + 1]};
+      Vec8 m = splat8(a[D]), l = splat8(a[D + 1]);
       for (int64_t c = 1; c < head.num_tasks; ++c) {
         const float* b = partials + tasks[head.first_task + c].partial + r * (D + 2);
-        float fa = 0.0f, fb = 0.0f;
-        softmax_state_merge(&st, SoftmaxState{b[D], b[D + 1]}, &fa, &fb);
+        Vec8 fa, fb;
+        merge_states8<kAvx2>(&m, &l, splat8(b[D]), splat8(b[D + 1]), &fa, &fb);
         for (int d = 0; d < D; d += kLanes) {
-          store8(a + d, merge8<kAvx2>(load8(a + d), splat8(fa), load8(b + d), splat8(fb)));
+          store8(a + d, merge8<kAvx2>(load8(a + d), fa, load8(b + d), fb));
         }
       }
-      write_row(p, first.b, first.g, r, D, a, st);
+      write_row(p, first.b, first.g, r, D, a, SoftmaxState{m[0], l[0]});
     }
     return;
   }
   // The rows' factors for every chunk first, then each sum merged through all chunks at once.
   const int ld = lanes_rows(rows);
   const int64_t n = head.num_tasks;
-  SoftmaxState* st = grown(s.merged, ld);
+  float* m = grown(s.merged_m, ld);
+  float* l = grown(s.merged_l, ld);
   float* fa = grown(s.fa, n * ld);  // [chunk][ld]
   float* fb = grown(s.fb, n * ld);
-  for (int r = 0; r < ld; ++r) st[r] = SoftmaxState{acc[ld * D + r], acc[ld * D + ld + r]};
+  std::memcpy(m, acc + ld * D, sizeof(float) * ld);
+  std::memcpy(l, acc + ld * D + ld, sizeof(float) * ld);
   for (int64_t c = 1; c < n; ++c) {
     const float* b = partials + tasks[head.first_task + c].partial + ld * D;
-    for (int r = 0; r < ld; ++r) {
-      softmax_state_merge(&st[r], SoftmaxState{b[r], b[ld + r]}, &fa[c * ld + r],
-                          &fb[c * ld + r]);
+    for (int r0 = 0; r0 < ld; r0 += kLanes) {
+      Vec8 am = load8(m + r0), al = load8(l + r0), f, g;
+      merge_states8<kAvx2>(&am, &al, load8(b + r0), load8(b + ld + r0), &f, &g);
+      store8(m + r0, am);
+      store8(l + r0, al);
+      store8(fa + c * ld + r0, f);
+      store8(fb + c * ld + r0, g);
     }
   }
   for (int p0 = 0; p0 < ld; p0 += kLanesScStride) {
@@ -628,7 +653,9 @@ inline void merge_head(const Problem<T>& p, const Task* tasks, const ChunkedHead
   }
   float* o = grown(s.o, static_cast<size_t>(rows) * D);
   lanes_transpose_out<D>(acc, rows, ld, o);
-  for (int r = 0; r < rows; ++r) write_row(p, first.b, first.g, r, D, o + r * D, st[r]);
+  for (int r = 0; r < rows; ++r) {
+    write_row(p, first.b, first.g, r, D, o + r * D, SoftmaxState{m[r], l[r]});
+  }
 }
 
 template <typename T, int D>

@@ -25,9 +25,10 @@ constexpr int kLanesMinRows = 24;
 // broadcast from its row as stored (no K transpose), the softmax across registers (no
 // horizontal max or sum per row) and the output sum in panels like the queries' (ot). Each
 // row's arithmetic is that of block_tile: the same FMA chains over d and over keys, the same
-// exp2, and the weights summed in softmax_block's lane order, then in hsum8's sequence. So a
-// row gets the same bits in either layout (the batch-invariance tests compare a row alone, in
-// the 3 x 4 tiles, with the same row in a long call).
+// exp2 and state update (raise_states8, 8 rows at a time here), and the weights summed in
+// softmax_block's lane order, then in hsum8's sequence. So a row gets the same bits in either
+// layout (the batch-invariance tests compare a row alone, in the 3 x 4 tiles, with the same
+// row in a long call).
 constexpr int kLanesTileVecs = 3;                      // row vectors per tile
 constexpr int kLanesScStride = kLanesTileVecs * kLanes;  // sc [key][24 rows]
 
@@ -66,25 +67,19 @@ ADAEAGLE_LANES_FN void lanes_tile(
   }
   Vec8 alpha[NV];
   for (int i = 0; i < NV; ++i) {
-    // softmax_block per lane: the state update in scalar code, a row without a visible key
-    // (max -inf) keeps its state and gets zero weights
-    alignas(32) float m[kLanes], a[kLanes];
-    Int8 dead = {};
-    bool any_dead = false;
+    // softmax_block for 8 rows: a row without a visible key (max -inf) keeps its state and
+    // gets zero weights
+    SoftmaxState* rows = st + r0 + i * kLanes;
+    Vec8 mv, lv;
     for (int lane = 0; lane < kLanes; ++lane) {
-      SoftmaxState* row = &st[r0 + i * kLanes + lane];
-      if (mx[i][lane] == attn_neg_inf()) {
-        dead[lane] = -1;
-        any_dead = true;
-        a[lane] = 1.0f;
-        m[lane] = 0.0f;
-      } else {
-        a[lane] = softmax_state_raise(row, mx[i][lane]);
-        m[lane] = row->m;
-      }
+      mv[lane] = rows[lane].m;
+      lv[lane] = rows[lane].l;
     }
-    alpha[i] = load8(a);
-    const Vec8 mv = load8(m);
+    alpha[i] = raise_states8(&mv, &lv, mx[i]);
+    for (int lane = 0; lane < kLanes; ++lane) rows[lane] = SoftmaxState{mv[lane], lv[lane]};
+    const Int8 dead = mx[i] == splat8(attn_neg_inf());
+    bool any_dead = false;
+    for (int lane = 0; lane < kLanes; ++lane) any_dead = any_dead || dead[lane] != 0;
     Vec8 part[kLanes] = {};  // part[j]: keys j, j + 8, ... in order, as softmax_block's lane j
     for (int c0 = 0; c0 < kBlock; c0 += kLanes) {
       for (int j = 0; j < kLanes; ++j) {
@@ -98,7 +93,7 @@ ADAEAGLE_LANES_FN void lanes_tile(
     Vec8 sum = part[0];
     for (int j = 1; j < kLanes; ++j) sum += part[j];
     for (int lane = 0; lane < kLanes; ++lane) {
-      if (!dead[lane]) st[r0 + i * kLanes + lane].l += sum[lane];
+      if (!dead[lane]) rows[lane].l += sum[lane];
     }
   }
   for (int d0 = 0; d0 < D; d0 += kKeys) {
