@@ -89,8 +89,9 @@ struct ChunkedHead {
 struct Scratch {
   std::vector<float> q, o;
   std::vector<float> qt, ot;          // q and o with rows in lanes, in panels (lanes_block)
-  uint64_t q_call = 0;                // the (call, request, kv head) whose queries q and qt hold
+  uint64_t q_call = 0;                // the (call, request, kv head) whose queries q holds
   int32_t q_b = -1, q_g = -1;
+  bool q_panels = false;              // qt holds them too
   std::vector<SoftmaxState> st;
   std::vector<float> merged_m, merged_l;  // merge_head's running states
   std::vector<float> fa, fb;              // merge_head's factors per row
@@ -166,6 +167,19 @@ inline int scored_cols(int last, int block) {
   return std::min(block, (last + kColStep - 1) / kColStep * kColStep);
 }
 
+// Bit c: lane c of the block holds a key the row sees (lanes [first, last), and past the prefix
+// only the tree nodes whose bit is set).
+inline uint64_t visible_lanes(const BlockKeys& blk, uint64_t bits) {
+  auto below = [](int n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; };
+  uint64_t lanes = below(blk.last) & ~below(blk.first);
+  const int tree0 = blk.prefix_len - blk.start;  // the first lane past the prefix
+  if (tree0 < 64) {
+    const uint64_t tree = tree0 >= 0 ? bits << tree0 : -tree0 < 64 ? bits >> -tree0 : 0;
+    lanes &= (tree0 > 0 ? below(tree0) : 0) | tree;
+  }
+  return lanes;
+}
+
 // Online-softmax step of one query row over a key block: masks the scores `sc` [cols],
 // replaces them by their weights exp2(s - m) (all 0 when no key is visible), updates the state
 // and returns the factor for the row's previous output sum.
@@ -173,10 +187,13 @@ template <int kBlock>
 inline float softmax_block(float* sc, const BlockKeys& blk, uint64_t bits, SoftmaxState* st) {
   const int vecs = blk.cols / kLanes;
   if (blk.needs_mask) {
-    for (int c = 0; c < blk.cols; ++c) {
-      const bool visible = c >= blk.first && c < blk.last &&
-                           attn_key_visible(blk.start + c, blk.prefix_len, bits);
-      if (!visible) sc[c] = attn_neg_inf();
+    const uint64_t visible = visible_lanes(blk, bits);
+    const Int8 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
+    for (int v = 0; v < vecs; ++v) {
+      const int32_t byte = static_cast<int32_t>((visible >> (v * kLanes)) & 0xff);
+      if (byte == 0xff) continue;
+      const Int8 shown = ((Int8{} + byte) & lane_bit) != 0;
+      store8(sc + v * kLanes, shown ? load8(sc + v * kLanes) : splat8(attn_neg_inf()));
     }
   }
   Vec8 mx = load8(sc);
@@ -348,10 +365,14 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       float* dst = qs + r * D;
       for (int d = 0; d < D; ++d) dst[d] = to_float(src[d]) * qscale;
     }
-    if (lanes) lanes_transpose_in<D>(qs, rows, ld, qt);
     s.q_call = p.call;
     s.q_b = task.b;
     s.q_g = task.g;
+    s.q_panels = false;
+  }
+  if (in_lanes && !s.q_panels) {
+    lanes_transpose_in<D>(qs, rows, ld, qt);
+    s.q_panels = true;
   }
   for (int r = 0; r < ld; ++r) st[r] = softmax_state_empty();
   if (!in_lanes) std::memset(o, 0, sizeof(float) * rows * D);  // else leave_lanes writes it
@@ -499,7 +520,8 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       continue;
     }
     // Lanes from tree_lane on hold logical tree keys: gathered per token from its ancestors;
-    // lanes past the token's last visible node keep stale keys and are masked.
+    // lanes past the token's last visible node hold node 0 (to the end of its 8) or stale
+    // keys, and are masked.
     const int tree_lane = std::max(prefix - bs, blk.first);
     for (int t = 0; t < tree; ++t) {
       BlockKeys tb = blk;
@@ -510,11 +532,12 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
       const int8_t* path = anc + t * kMaxTreeNodes;  // lane c holds node path[bs + c - prefix]
       auto lane_node = [&](int c) { return path[bs + c - prefix]; };
       for (int c = tree_lane; c < tb.last;) {
-        if (c % kLanes == 0 && c + kLanes <= tb.last) {  // 8 lanes: one register transpose
+        if (c % kLanes == 0) {  // 8 lanes: one register transpose (node 0 in the masked ones)
           const float* krows[kLanes];
           for (int i = 0; i < kLanes; ++i) {
-            krows[i] = ktree + lane_node(c + i) * D;
-            vrows[c + i] = vtree + lane_node(c + i) * D;
+            const int node = c + i < tb.last ? lane_node(c + i) : 0;
+            krows[i] = ktree + node * D;
+            vrows[c + i] = vtree + node * D;
           }
           transpose_rows8<kAvx2, float, D>(krows, kt + c, kBlock);
           c += kLanes;
