@@ -597,9 +597,10 @@ inline Vec8 merge8<true>(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb) {
 }
 #endif
 
-// softmax_state_merge for 8 rows (m and l of states a and b), with exp2_8 instead of the scalar
-// exp2, and the sums' factors fa and fb. A row alone takes it on splats: the same bits as in a
-// vector of 8.
+// Merges state b into state a over disjoint keys, 8 rows at a time (their m and l), and gives
+// the factors of the output sums (merged = fa * a + fb * b). Merging with an empty state leaves
+// the other unchanged (factors exactly 1 and 0); two empty states stay empty. A row alone takes
+// it on splats: the same bits as in a vector of 8.
 template <bool kAvx2>
 inline void merge_states8(Vec8* am, Vec8* al, Vec8 bm, Vec8 bl, Vec8* fa, Vec8* fb) {
   const Vec8 m = *am > bm ? *am : bm;

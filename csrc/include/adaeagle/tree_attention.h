@@ -78,22 +78,6 @@ ADAEAGLE_HD float softmax_state_raise(SoftmaxState* st, float block_max) {
   return alpha;
 }
 
-// Merges state b into state a over disjoint keys. *fa and *fb are the factors for a's and b's
-// output sums (merged sum = fa * sum_a + fb * sum_b). Merging with an empty state leaves the
-// other unchanged (factors exactly 1 and 0); two empty states stay empty.
-ADAEAGLE_HD void softmax_state_merge(SoftmaxState* a, SoftmaxState b, float* fa, float* fb) {
-  const float m = a->m > b.m ? a->m : b.m;
-  if (m == attn_neg_inf()) {
-    *fa = 0.0f;
-    *fb = 0.0f;
-    return;
-  }
-  *fa = a->m == m ? 1.0f : attn_exp2(a->m - m);
-  *fb = b.m == m ? 1.0f : attn_exp2(b.m - m);
-  a->l = a->l * *fa + b.l * *fb;
-  a->m = m;
-}
-
 // Factor turning the output sum into the attention output: 1/l, or 0 for a row with no key.
 ADAEAGLE_HD float softmax_state_out_scale(SoftmaxState st) {
   return st.l > 0.0f ? 1.0f / st.l : 0.0f;
