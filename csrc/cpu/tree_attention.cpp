@@ -574,47 +574,6 @@ inline void run_task(const Problem<T>& p, const Task& task, float* partials) {
   }
 }
 
-// acc * fa + part * fb, lane by lane. Both partial layouts merge through it, so a row merges
-// to the same bits in either.
-template <bool kAvx2>
-inline Vec8 merge8(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb);
-
-template <>
-inline Vec8 merge8<false>(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb) {
-  return acc * fa + part * fb;
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-template <>
-__attribute__((target("avx2,fma"))) inline Vec8 merge8<true>(Vec8 acc, Vec8 fa, Vec8 part,
-                                                             Vec8 fb) {
-  return _mm256_fmadd_ps(acc, fa, part * fb);
-}
-#else
-template <>
-inline Vec8 merge8<true>(Vec8 acc, Vec8 fa, Vec8 part, Vec8 fb) {
-  return merge8<false>(acc, fa, part, fb);
-}
-#endif
-
-// Merges state b into state a over disjoint keys, 8 rows at a time (their m and l), and gives
-// the factors of the output sums (merged = fa * a + fb * b). Merging with an empty state leaves
-// the other unchanged (factors exactly 1 and 0); two empty states stay empty. A row alone takes
-// it on splats: the same bits as in a vector of 8.
-template <bool kAvx2>
-inline void merge_states8(Vec8* am, Vec8* al, Vec8 bm, Vec8 bl, Vec8* fa, Vec8* fb) {
-  const Vec8 m = *am > bm ? *am : bm;
-  const Int8 empty = m == splat8(attn_neg_inf());
-  const Vec8 one = splat8(1.0f);
-  // (both empty: am - m is NaN, but am == m selects 1 before the empty rows get 0)
-  const Vec8 a = *am == m ? one : exp2_8(*am - m);
-  const Vec8 b = bm == m ? one : exp2_8(bm - m);
-  *fa = empty ? Vec8{} : a;
-  *fb = empty ? Vec8{} : b;
-  *al = merge8<kAvx2>(*al, *fa, bl, *fb);
-  *am = m;
-}
-
 // Merges the partial states of a chunked (request, kv head) in chunk order, into the first
 // chunk's, and writes the rows.
 template <bool kAvx2, typename T, int D>
